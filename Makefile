@@ -1,0 +1,43 @@
+# One environment for everything: .venv, built from pyproject.toml on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CIFAR_TAR ?= ../shared/data/cifar10-jpeg75.tar.gz
+
+.PHONY: install run test test-slow lint bench gallery clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: the default experiment (digits + small_cnn + BadNets, no defense); prints its result
+run: $(STAMP)
+	$(PY) run.py $(ARGS)
+
+## make test: the fast suite (under 20 minutes on 2 CPU cores)
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow" -q
+
+## make test-slow: real-data checks on the CIFAR-10 JPEG copy (skipped when it is absent)
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py $(ARGS)
+
+## make data: unpack the CIFAR-10 JPEG copy into data/cifar10-jpeg75 (dataset=cifar10_jpeg75)
+data/cifar10-jpeg75: $(CIFAR_TAR)
+	mkdir -p $@ && tar -xzf $(CIFAR_TAR) -C $@
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

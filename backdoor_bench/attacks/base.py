@@ -1,0 +1,131 @@
+"""The attack interface and the poisoning mechanics every attack shares.
+
+An attack defines its trigger (`apply`, on uint8 images) and, where it differs, the training
+trigger (`stamp`) and which samples may be poisoned (`eligible`). The base class chooses the
+exact number of samples, stamps them before any augmentation, relabels them, and records the
+ground truth that only the evaluator sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backdoor_bench.data import ImageSet
+from backdoor_bench.errors import ConfigError
+
+LABEL_MODES = ("all2one", "all2all")
+
+
+@dataclass
+class PoisonedSet:
+    """The training set after poisoning. `train` is what the defender sees (images, given labels);
+    `poisoned`, `y_true` and `cover` are ground truth, kept by the evaluator."""
+
+    train: ImageSet
+    poisoned: torch.Tensor  # bool [N]
+    y_true: torch.Tensor  # int64 [N], the labels before poisoning
+    cover: torch.Tensor  # bool [N], samples carrying a trigger but keeping their label (Adap-*)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.poisoned.nonzero().flatten()
+
+    def to_payload(self) -> dict:
+        return {"train": self.train.to_payload(), "poisoned": self.poisoned, "y_true": self.y_true,
+                "cover": self.cover}
+
+    @classmethod
+    def from_payload(cls, d: dict) -> PoisonedSet:
+        return cls(ImageSet.from_payload(d["train"]), d["poisoned"], d["y_true"], d["cover"])
+
+
+class Attack:
+    """Base attack: all2one or all2all relabeling of a random `poison_rate` share of the training set.
+
+    Args:
+        name: the config name (reports group by it).
+        target: the target class for all2one.
+        label_mode: `all2one` (every poisoned sample to `target`) or `all2all` (y to (y+1) mod C).
+        poison_rate: poisoned samples as a fraction of the whole training set (BackdoorBench's
+            convention, also for clean-label attacks).
+        poison_count: an exact number of poisoned samples; overrides `poison_rate`.
+        num_classes: the dataset's class count (the pipeline passes it; all2all needs it).
+    """
+
+    clean_label = False  # clean-label attacks never change a label
+
+    def __init__(self, name: str, target: int = 0, label_mode: str = "all2one",
+                 poison_rate: float = 0.1, poison_count: int | None = None, num_classes: int | None = None):
+        self.name, self.target, self.label_mode = name, int(target), label_mode
+        self.num_classes = num_classes
+        self.poison_rate, self.poison_count = poison_rate, poison_count
+        if label_mode not in LABEL_MODES:
+            raise ConfigError(f"attack.label_mode={label_mode!r} is unknown: use one of {', '.join(LABEL_MODES)}")
+        if not 0.0 <= float(poison_rate) <= 1.0:
+            raise ConfigError(f"attack.poison_rate={poison_rate} is out of range: use a fraction in [0, 1]")
+        if poison_count is not None and int(poison_count) < 0:
+            raise ConfigError(f"attack.poison_count={poison_count} is negative: use a count >= 0 or null")
+        if self.clean_label and label_mode != "all2one":
+            raise ConfigError(f"attack={name} is clean-label and only supports attack.label_mode=all2one")
+
+    # -- the parts an attack defines -------------------------------------------------------------
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The test-time trigger on uint8 images `[N, C, H, W]`."""
+        raise NotImplementedError
+
+    def stamp(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The training-time trigger on the chosen samples (by default the test trigger)."""
+        return self.apply(x)
+
+    def eligible(self, y: torch.Tensor) -> torch.Tensor:
+        """Which training samples may be poisoned (all; clean-label attacks: the target class)."""
+        return (y == self.target) if self.clean_label else torch.ones_like(y, dtype=torch.bool)
+
+    def check(self, num_classes: int, shape: tuple[int, int, int]) -> None:
+        """Validate against the dataset before any work; raise ConfigError naming the key."""
+        if self.label_mode == "all2one" and not 0 <= self.target < num_classes:
+            raise ConfigError(f"attack.target={self.target} is not a class: use 0..{num_classes - 1}")
+
+    # -- shared mechanics ------------------------------------------------------------------------
+    def target_label(self, y: torch.Tensor) -> torch.Tensor:
+        """The label a triggered image should get: `target`, or (y + 1) mod C for all2all."""
+        if self.label_mode == "all2all":
+            return (y + 1) % self.num_classes
+        return torch.full_like(y, self.target)
+
+    def asr_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """Test images that enter ASR and RA: non-target images (all2one), all images (all2all)."""
+        if self.label_mode == "all2all":
+            return torch.ones_like(y, dtype=torch.bool)
+        return y != self.target
+
+    def n_poison(self, n_train: int) -> int:
+        return int(self.poison_count) if self.poison_count is not None else int(round(self.poison_rate * n_train))
+
+    def poison(self, train: ImageSet, seed: int) -> PoisonedSet:
+        """Choose exactly `n_poison` eligible samples (seeded), stamp and relabel them."""
+        self.num_classes = self.num_classes or train.num_classes
+        g = torch.Generator().manual_seed(seed)
+        candidates = self.eligible(train.y).nonzero().flatten()
+        n = self.n_poison(len(train))
+        if n > len(candidates):
+            raise ConfigError(
+                f"attack.poison_rate asks for {n} poisoned samples but only {len(candidates)} are eligible "
+                f"for attack={self.name}: lower attack.poison_rate or attack.poison_count")
+        index = candidates[torch.randperm(len(candidates), generator=g)[:n]].sort().values
+        x, y = train.x.clone(), train.y.clone()
+        if n:
+            x[index] = self.stamp(train.x[index], index, g)
+            if not self.clean_label:
+                y[index] = self.target_label(train.y[index])
+        poisoned = torch.zeros(len(train), dtype=torch.bool)
+        poisoned[index] = True
+        return PoisonedSet(train.replace(x=x, y=y), poisoned, train.y.clone(), torch.zeros_like(poisoned))
+
+
+def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """(1 - alpha) * x + alpha * pattern on uint8 images, rounded to the nearest level."""
+    out = (1 - alpha) * x.float() + alpha * pattern.float()
+    return out.round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,136 @@
+"""The artifact cache: expensive products keyed by a hash of exactly the config that determines them.
+
+Layout: `<root>/<kind>/<key>/payload.pt` + `meta.json` (the spec, the payload's sha256). Writes
+are atomic (temporary file, then rename), `meta.json` is written last so an entry without it is
+incomplete, a load verifies the checksum, and a bad entry is rebuilt, never trusted. A lock file
+per entry lets parallel sweep jobs build an artifact once and reuse it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def spec_key(spec: dict) -> str:
+    """A stable 16-hex-digit hash of a JSON-able spec."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArtifactCache:
+    """`get_or_build(kind, spec, build)`: load the entry for `spec`, or build, store and return it.
+
+    Payloads are dicts of tensors and plain values, loaded with `weights_only=True`.
+    `enabled=False` builds every time and stores nothing.
+    """
+
+    def __init__(self, root: str | os.PathLike, enabled: bool = True):
+        self.root, self.enabled = Path(root), enabled
+        self.events: list[dict] = []  # what this run reused or built, for results.json
+
+    def entry(self, kind: str, spec: dict) -> Path:
+        return self.root / kind / spec_key(spec)
+
+    @contextmanager
+    def _lock(self, entry: Path):
+        entry.mkdir(parents=True, exist_ok=True)
+        with open(entry / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def load(self, kind: str, spec: dict):
+        """The stored payload, or None when absent or corrupt (a corrupt entry is removed)."""
+        entry = self.entry(kind, spec)
+        meta_path, payload_path = entry / "meta.json", entry / "payload.pt"
+        if not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if sha256_file(payload_path) != meta["sha256"]:
+                raise ValueError("checksum mismatch")
+            return torch.load(payload_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt or partial: never trust it
+            log.warning("cache: %s entry %s is corrupt (%s); rebuilding it", kind, entry.name, e)
+            meta_path.unlink(missing_ok=True)
+            payload_path.unlink(missing_ok=True)
+            return None
+
+    def store(self, kind: str, spec: dict, payload) -> Path:
+        entry = self.entry(kind, spec)
+        atomic_torch_save(entry / "payload.pt", payload)
+        meta = {"kind": kind, "key": entry.name, "spec": spec, "sha256": sha256_file(entry / "payload.pt"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(entry / "meta.json", meta)
+        return entry
+
+    def get_or_build(self, kind: str, spec: dict, build: Callable[[], dict]):
+        if not self.enabled:
+            return build()
+        entry = self.entry(kind, spec)
+        with self._lock(entry):
+            payload = self.load(kind, spec)
+            if payload is not None:
+                log.info("cache: reused %s %s from %s", kind, entry.name, entry)
+                self.events.append({"kind": kind, "key": entry.name, "reused": True})
+                return payload
+            log.info("cache: building %s %s", kind, entry.name)
+            payload = build()
+            self.store(kind, spec, payload)
+            log.info("cache: stored %s %s in %s", kind, entry.name, entry)
+            self.events.append({"kind": kind, "key": entry.name, "reused": False})
+            return payload

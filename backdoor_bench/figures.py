@@ -1,0 +1,51 @@
+"""Figures saved in the run directory (and logged to W&B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _show(ax, img: torch.Tensor, title: str | None = None):
+    img = img.detach().cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def amplified_difference(clean: torch.Tensor, poisoned: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """|poisoned - clean| scaled so that the largest change is full white; returns (uint8, factor)."""
+    diff = (poisoned.float() - clean.float()).abs()
+    factor = 255.0 / max(float(diff.max()), 1.0)
+    return (diff * factor).round().clamp(0, 255).to(torch.uint8), factor
+
+
+def trigger_gallery(rows: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path, n: int = 4) -> Path:
+    """One row per attack: `n` clean images, the same poisoned, and their amplified difference.
+
+    `rows` holds (label, clean uint8 [K,C,H,W], poisoned uint8 [K,C,H,W]).
+    """
+    n = min(n, min(len(c) for _, c, _ in rows))
+    fig, axes = plt.subplots(len(rows), 3 * n, figsize=(1.3 * 3 * n, 1.45 * len(rows)), squeeze=False)
+    for r, (label, clean, poisoned) in enumerate(rows):
+        diff, factor = amplified_difference(clean[:n], poisoned[:n])
+        for i in range(n):
+            _show(axes[r, i], clean[i], "clean" if r == 0 else None)
+            _show(axes[r, n + i], poisoned[i], "poisoned" if r == 0 else None)
+            _show(axes[r, 2 * n + i], diff[i], f"|diff| x{factor:.0f}")
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

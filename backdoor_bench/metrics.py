@@ -1,0 +1,63 @@
+"""Fixed metric definitions used by every run (DESIGN.md section 2, Evaluation).
+
+All values are fractions in [0, 1]; a metric over an empty set is `None` (null in JSON).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _mean(mask: torch.Tensor) -> float | None:
+    return float(mask.float().mean()) if mask.numel() else None
+
+
+def attack_metrics(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor,
+                   y_target: torch.Tensor, asr_mask: torch.Tensor) -> dict:
+    """Clean accuracy and backdoor metrics from test predictions.
+
+    Args:
+        pred_clean: predictions on the clean test images.
+        pred_triggered: predictions on the same images with the test-time trigger.
+        y: true test labels. y_target: the label the attacker wants for each triggered image.
+        asr_mask: the images that enter ASR and RA (non-target images for all2one; all for all2all).
+
+    Returns `acc` (all clean images), `acc_nontarget` (clean accuracy on the ASR images, i.e. those
+    whose label is not the target), `asr` (triggered ASR images predicted as their target) and
+    `ra` (the same triggered images predicted as their true label).
+    """
+    m = asr_mask.bool()
+    return {
+        "acc": _mean(pred_clean == y),
+        "acc_nontarget": _mean(pred_clean[m] == y[m]),
+        "asr": _mean(pred_triggered[m] == y_target[m]),
+        "ra": _mean(pred_triggered[m] == y[m]),
+    }
+
+
+def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: torch.Tensor,
+                      poisoned: torch.Tensor, y_true: torch.Tensor) -> dict:
+    """How well a defense's verdict on the training set matches the ground truth.
+
+    A sample is flagged when the defense removes it (`~kept`) or gives it a new label
+    (`labels != given`). `tpr` = flagged poisoned / poisoned, `fpr` = flagged clean / clean,
+    `precision` = poisoned among flagged; `fp` counts flagged clean samples and `fn` poisoned
+    samples left unflagged. `relabel_acc` is the share of relabeled poisoned samples that got
+    back their true class (seed 004, Table 2).
+    """
+    kept, poisoned = kept.bool(), poisoned.bool()
+    relabeled = kept & (labels != given) if labels is not None else torch.zeros_like(kept)
+    flagged = ~kept | relabeled
+    tp, fp = int((flagged & poisoned).sum()), int((flagged & ~poisoned).sum())
+    n_pos, n_neg = int(poisoned.sum()), int((~poisoned).sum())
+    rp = relabeled & poisoned
+    return {
+        "tpr": tp / n_pos if n_pos else None,
+        "fpr": fp / n_neg if n_neg else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "tp": tp, "fp": fp, "fn": n_pos - tp,
+        "n_flagged": int(flagged.sum()),
+        "n_removed": int((~kept).sum()),
+        "n_relabeled": int(relabeled.sum()),
+        "relabel_acc": float((labels[rp] == y_true[rp]).float().mean()) if int(rp.sum()) else None,
+    }

@@ -1,0 +1,169 @@
+"""One run: config -> dataset -> attack.poison -> defense.run -> evaluate -> results.json.
+
+This module holds that sequence and nothing else (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from backdoor_bench.attacks.base import Attack, PoisonedSet
+from backdoor_bench.cache import ArtifactCache, atomic_write_json, spec_key
+from backdoor_bench.data.imageset import ImageSet, load_dataset, stratified_subset
+from backdoor_bench.defenses.base import Defense, DefenseContext
+from backdoor_bench.metrics import attack_metrics, detection_metrics
+from backdoor_bench.models import build_model
+from backdoor_bench.results import make_logger, versions
+from backdoor_bench.training.fit import augmentation, fit, predict, training_spec
+from backdoor_bench.training.supervised import Supervised
+from backdoor_bench.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _stage(timings: dict, name: str):
+    t0 = time.perf_counter()
+    log.info("stage: %s", name)
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def eval_device(tcfg) -> torch.device:
+    if tcfg.accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run one experiment point and return (and write) its results."""
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    attack, defense = validate(cfg)  # every config check happens here, before any data or training
+    cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache.enabled)
+    pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    logger = make_logger(cfg, out_dir)
+
+    with _stage(timings, "data"):
+        train, test = load_dataset(cfg.dataset, cache)
+        train = stratified_subset(train, cfg.trainer.train_subset, cfg.seed)
+        test = stratified_subset(test, cfg.trainer.test_subset, cfg.seed)
+        fingerprint = train.fingerprint()
+
+    with _stage(timings, "poison"):
+        poison_spec = {"data": fingerprint, "attack": OmegaConf.to_container(cfg.attack, resolve=True),
+                       "seed": cfg.seed}
+        poisoned = PoisonedSet.from_payload(
+            cache.get_or_build("poisoned_set", poison_spec, lambda: attack.poison(train, cfg.seed).to_payload()))
+        log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
+                 attack.name)
+
+    ctx = _context(cfg, poisoned, train, cache, logger, out_dir, spec_key(poison_spec), defense, timings)
+    with _stage(timings, "defense"):
+        outcome = defense.run(ctx)
+
+    with _stage(timings, "evaluate"):
+        triggered = attack.apply(test.x)
+        device = eval_device(cfg.trainer)
+        bs = cfg.trainer.eval_batch_size
+        metrics = attack_metrics(predict(outcome.model, test.x, bs, device),
+                                 predict(outcome.model, triggered, bs, device),
+                                 test.y, attack.target_label(test.y), attack.asr_mask(test.y))
+        detection = None
+        if outcome.verdict is not None:
+            v = outcome.verdict
+            detection = detection_metrics(v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true)
+
+    results = {
+        "metrics": metrics,
+        "detection": detection,
+        "defense_extra": outcome.extra or None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "timing": {**timings, "total": round(sum(v for k, v in timings.items() if "/" not in k), 3)},
+        "versions": versions(),
+        "data": {"name": cfg.dataset.name, "fingerprint": fingerprint, "n_train": len(train),
+                 "n_test": len(test), "n_poisoned": int(poisoned.poisoned.sum())},
+        "cache": cache.events,
+    }
+    atomic_write_json(out_dir / "results.json", results)
+    log.info("results: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
+
+    from backdoor_bench.figures import trigger_gallery
+    from backdoor_bench.results import log_final
+
+    gallery = None
+    try:
+        show = _gallery_indices(test, attack)
+        gallery = trigger_gallery([(attack.name, test.x[show], triggered[show])], out_dir / "trigger_gallery.png")
+    except Exception as e:  # a figure never costs a result
+        log.warning("could not draw the trigger gallery: %s", e)
+    log_final(logger, results, {"trigger_gallery": gallery} if gallery else {})
+    return results
+
+
+def _gallery_indices(test: ImageSet, attack: Attack, n: int = 4) -> torch.Tensor:
+    """The first test image of `n` different non-target classes."""
+    mask = attack.asr_mask(test.y)
+    picks, seen = [], set()
+    for i in mask.nonzero().flatten().tolist():
+        if int(test.y[i]) not in seen:
+            picks.append(i)
+            seen.add(int(test.y[i]))
+        if len(picks) == n:
+            break
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactCache, logger, out_dir,
+             poison_key: str, defense: Defense, timings: dict) -> DefenseContext:
+    """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
+    data_cfg, tcfg = cfg.dataset, cfg.trainer
+    train = poisoned.train
+
+    def train_model(data: ImageSet, name: str, cache_spec: dict | None = None, loss: str = "ce",
+                    max_epochs: int | None = None) -> torch.nn.Module:
+        """Standard supervised training of a fresh `cfg.model` on `data` (cached when `cache_spec`)."""
+        epochs = int(max_epochs if max_epochs is not None else tcfg.max_epochs)
+
+        def build(checkpoint=None):
+            model = build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+            module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
+                                channels_last=bool(tcfg.channels_last), log_prefix=name)
+            with _stage(timings, f"train/{name}"):
+                fit(module, data.x, data.y, tcfg, max_epochs=epochs, augment=augmentation(data_cfg),
+                    seed=cfg.seed, logger=logger, checkpoint=checkpoint)
+            return model.cpu()
+
+        if cache_spec is None or not cache.enabled:
+            return build()
+        spec = {**cache_spec, "model": OmegaConf.to_container(cfg.model, resolve=True),
+                "training": training_spec(tcfg), "epochs": epochs, "loss": loss, "seed": cfg.seed}
+        partial = cache.entry("model", spec) / "partial.ckpt"
+        payload = cache.get_or_build("model", spec, lambda: {"state_dict": build(partial).state_dict()})
+        partial.unlink(missing_ok=True)
+        model = build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+        model.load_state_dict(payload["state_dict"])
+        return model
+
+    def backdoored_model() -> torch.nn.Module:
+        return train_model(train, "backdoored", cache_spec={"poisoned_set": poison_key, "role": "backdoored"})
+
+    clean = None
+    if defense.needs_clean:  # trusted clean data: original images of samples the attack left alone
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        pool = (~poisoned.poisoned).nonzero().flatten()
+        n = max(1, int(round(defense.clean_fraction * len(train))))
+        clean = clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
+
+    return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, clean=clean,
+                          seed=cfg.seed, out_dir=Path(out_dir), timings=timings)
+

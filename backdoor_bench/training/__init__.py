@@ -1,0 +1,1 @@
+"""Training: Lightning modules (one per learning scheme), losses, and the shared fit/predict helpers."""

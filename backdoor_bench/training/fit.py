@@ -1,0 +1,103 @@
+"""Shared training mechanics: build a Lightning trainer from `cfg.trainer`, fit with resumable
+checkpoints, and predict on uint8 tensors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from backdoor_bench.data.augment import CropFlip
+from backdoor_bench.data.loader import DeviceLoader
+
+log = logging.getLogger(__name__)
+
+# trainer keys that change how fast a model trains, not which model comes out
+EXECUTION_KEYS = {"name", "accelerator", "devices", "progress_bar", "log_every_n_steps", "eval_batch_size",
+                  "test_subset", "num_threads"}
+
+
+def training_spec(tcfg) -> dict:
+    """The part of the trainer config that determines a trained model (for cache keys)."""
+    d = OmegaConf.to_container(tcfg, resolve=True) if not isinstance(tcfg, dict) else dict(tcfg)
+    return {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
+
+
+class _SaveEachEpoch(pl.Callback):
+    """Write a resumable checkpoint atomically after every training epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, module):
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)
+        os.replace(tmp, self.path)
+
+
+def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LightningModule.*has parameters that were not used.*")
+    return pl.Trainer(
+        accelerator=tcfg.accelerator, devices=tcfg.devices, precision=tcfg.precision, max_epochs=max_epochs,
+        logger=logger if logger is not None else False, callbacks=list(callbacks),
+        enable_checkpointing=False, enable_progress_bar=bool(tcfg.progress_bar), enable_model_summary=False,
+        log_every_n_steps=tcfg.log_every_n_steps, num_sanity_val_steps=0, limit_val_batches=0,
+        deterministic=bool(tcfg.get("deterministic", False)),
+    )
+
+
+def device_of(trainer: pl.Trainer) -> torch.device:
+    return trainer.strategy.root_device
+
+
+def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, max_epochs: int,
+        augment=None, seed: int = 0, logger=None, checkpoint: Path | None = None,
+        extras: dict | None = None, batch_size: int | None = None) -> pl.LightningModule:
+    """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
+
+    Data moves to the training device once; `augment` runs there on whole batches. With
+    `checkpoint`, a checkpoint is written after each epoch and an existing one is resumed from,
+    so an interrupted run continues where it stopped.
+    """
+    callbacks = [_SaveEachEpoch(checkpoint)] if checkpoint is not None else []
+    trainer = make_trainer(tcfg, max_epochs, logger, callbacks)
+    loader = DeviceLoader(x, y, batch_size or tcfg.batch_size, shuffle=True, augment=augment,
+                          device=device_of(trainer), seed=seed, extras=extras)
+    ckpt_path = None
+    if checkpoint is not None and Path(checkpoint).exists():
+        log.info("resuming training from %s", checkpoint)
+        ckpt_path = str(checkpoint)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    return module
+
+
+def augmentation(dcfg) -> CropFlip | None:
+    """The dataset's standard training augmentation (`dataset.augment`), or None."""
+    a = dcfg.get("augment")
+    if not a:
+        return None
+    return CropFlip(padding=int(a.get("padding", 0)), flip=bool(a.get("flip", False)))
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device=None,
+            transform=None) -> torch.Tensor:
+    """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    was_training = model.training
+    model.eval().to(device)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if transform is not None:
+            xb = transform(xb)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(xb.float().div_(255)).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -1,0 +1,37 @@
+"""Supervised training of a classifier with a pluggable loss (DESIGN.md section 2, Training)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from backdoor_bench.training.losses import get_loss
+from backdoor_bench.training.optim import configure_optimizers
+
+
+class Supervised(pl.LightningModule):
+    """Minimise `loss(model(x), y)` over batches `{"x", "y", ...}` from a `DeviceLoader`."""
+
+    def __init__(self, model: torch.nn.Module, optim: dict, max_epochs: int, loss: str = "ce",
+                 channels_last: bool = False, log_prefix: str = "train"):
+        super().__init__()
+        self.model, self.optim, self.max_epochs = model, optim, max_epochs
+        self.loss_fn, self.channels_last, self.log_prefix = get_loss(loss), channels_last, log_prefix
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["x"])
+        loss = self.loss_fn(logits, batch["y"])
+        acc = (logits.argmax(1) == batch["y"]).float().mean()
+        self.log_dict({f"{self.log_prefix}/loss": loss, f"{self.log_prefix}/acc": acc},
+                      prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["y"]))
+        return loss
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model.parameters(), self.optim, self.max_epochs)
