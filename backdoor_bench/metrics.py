@@ -9,7 +9,7 @@ import torch
 
 
 def _mean(mask: torch.Tensor) -> float | None:
-    return float(mask.float().mean()) if mask.numel() else None
+    return int(mask.sum()) / mask.numel() if mask.numel() else None
 
 
 def attack_metrics(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor,
@@ -59,5 +59,5 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
         "n_flagged": int(flagged.sum()),
         "n_removed": int((~kept).sum()),
         "n_relabeled": int(relabeled.sum()),
-        "relabel_acc": float((labels[rp] == y_true[rp]).float().mean()) if int(rp.sum()) else None,
+        "relabel_acc": _mean(labels[rp] == y_true[rp]) if labels is not None else None,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -40,12 +41,24 @@ class _SaveEachEpoch(pl.Callback):
         os.replace(tmp, self.path)
 
 
+class _EpochLog(pl.Callback):
+    """One log line per epoch (metrics, seconds): progress that survives in run.log and CI logs."""
+
+    def on_train_epoch_start(self, trainer, module):
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        m = " ".join(f"{k}={float(v):.4f}" for k, v in trainer.callback_metrics.items())
+        log.info("epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, m,
+                 time.perf_counter() - self.t0)
+
+
 def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LightningModule.*has parameters that were not used.*")
     return pl.Trainer(
         accelerator=tcfg.accelerator, devices=tcfg.devices, precision=tcfg.precision, max_epochs=max_epochs,
-        logger=logger if logger is not None else False, callbacks=list(callbacks),
+        logger=logger if logger is not None else False, callbacks=[_EpochLog(), *callbacks],
         enable_checkpointing=False, enable_progress_bar=bool(tcfg.progress_bar), enable_model_summary=False,
         log_every_n_steps=tcfg.log_every_n_steps, num_sanity_val_steps=0, limit_val_batches=0,
         deterministic=bool(tcfg.get("deterministic", False)),

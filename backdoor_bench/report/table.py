@@ -1,0 +1,122 @@
+"""Turn run directories into the paper-style table: rows attack, columns defense x metric, in %."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
+METRIC_NAMES = {"acc": "ACC", "asr": "ASR", "ra": "RA", "acc_nontarget": "ACC-NT", "tpr": "TPR", "fpr": "FPR",
+                "precision": "Prec", "relabel_acc": "RelAcc", "tmr": "TMR"}
+
+
+def _model_name(cfg: dict) -> str:
+    m = cfg.get("model", {})
+    name = str(m.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name}-w{m['width']}" if "width" in m else name
+
+
+def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every results.json (one row each) and every error.json (failed sweep points) under `dirs`."""
+    rows, errors = [], []
+    for d in dirs:
+        d = Path(d)
+        if not d.exists():
+            raise FileNotFoundError(f"{d} does not exist")
+        for path in sorted(d.rglob("results.json")):
+            r = json.loads(path.read_text())
+            cfg = r.get("config", {})
+            row = {
+                "run": str(path.parent), "dataset": r.get("data", {}).get("name"), "model": _model_name(cfg),
+                "attack": cfg.get("attack", {}).get("name"), "defense": cfg.get("defense", {}).get("name"),
+                "poison_rate": cfg.get("attack", {}).get("poison_rate"), "seed": cfg.get("seed"),
+                "time_s": r.get("timing", {}).get("total"),
+            }
+            row.update(r.get("metrics", {}))
+            row.update({k: v for k, v in (r.get("detection") or {}).items()})
+            rows.append(row)
+        for path in sorted(d.rglob("error.json")):
+            errors.append({"run": str(path.parent), **json.loads(path.read_text())})
+    return pd.DataFrame(rows), pd.DataFrame(errors)
+
+
+def _order(values, first="none") -> list:
+    seen = list(dict.fromkeys(values))
+    return ([first] if first in seen else []) + [v for v in seen if v != first]
+
+
+def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack") -> pd.DataFrame:
+    """Mean over seeds, in %, indexed by `rows`; columns (defense, metric name)."""
+    if runs.empty:
+        raise ValueError("no results.json found")
+    metrics = [m for m in metrics if m in runs.columns]
+    long = runs.groupby([rows, "defense"], sort=False)[metrics].mean(numeric_only=True) * 100
+    table = long.unstack("defense")
+    table.columns = table.columns.swaplevel(0, 1)
+    defenses = _order(runs["defense"])
+    table = table.reindex(columns=pd.MultiIndex.from_product([defenses, metrics]))
+    table = table.reindex(_order(runs[rows]))
+    table.columns = pd.MultiIndex.from_tuples([(d, METRIC_NAMES.get(m, m)) for d, m in table.columns])
+    table.index.name = rows
+    return table.dropna(axis=1, how="all")
+
+
+def read_reference(name_or_path: str) -> pd.DataFrame:
+    """Published numbers: a CSV path, or a name under backdoor_bench/reference/ (e.g. `dbd/table1`).
+    Columns: attack, defense, then metric columns in % (acc, asr, ...)."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = REFERENCE_DIR / (name_or_path if name_or_path.endswith(".csv") else f"{name_or_path}.csv")
+    if not path.exists():
+        known = sorted(str(p.relative_to(REFERENCE_DIR).with_suffix("")) for p in REFERENCE_DIR.rglob("*.csv"))
+        raise FileNotFoundError(f"no reference {name_or_path!r}: give a CSV path or one of {known}")
+    return pd.read_csv(path, comment="#")
+
+
+def with_reference(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Interleave ours, the paper's and ours-minus-paper for every (defense, metric) column."""
+    ref = reference.set_index(["attack", "defense"])
+    cols, data = [], {}
+    for defense, mname in table.columns:
+        metric = next((k for k, v in METRIC_NAMES.items() if v == mname), mname)
+        ours = table[(defense, mname)]
+        paper = pd.Series([ref[metric].get((a, defense), float("nan")) if metric in ref else float("nan")
+                           for a in table.index], index=table.index, dtype=float)
+        for kind, values in (("ours", ours), ("paper", paper), ("delta", ours - paper)):
+            cols.append((defense, mname, kind))
+            data[(defense, mname, kind)] = values
+    out = pd.DataFrame(data, index=table.index)
+    out.columns = pd.MultiIndex.from_tuples(cols)
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    flat = table.copy()
+    flat.columns = [" ".join(map(str, c)) for c in flat.columns]
+    return flat.to_markdown(floatfmt=".2f")
+
+
+def bar_chart(table: pd.DataFrame, path: str | Path) -> Path:
+    """Grouped bars: one group per attack, one bar per (defense, metric) cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in table.columns if c[-1] in ("ours",) or len(c) == 2]
+    data = table[cols]
+    data.columns = [" ".join(str(x) for x in c if x != "ours") for c in cols]
+    ax = data.plot.bar(figsize=(max(6, 1.2 * len(data) * max(1, len(cols)) / 2), 4), rot=0, width=0.8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("ACC / ASR per attack and defense")
+    fig = ax.get_figure()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

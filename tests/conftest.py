@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CONF = ROOT / "conf"
+
+
+def group_members(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> the resolved run config (Hydra compose API, no run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def _compose(*overrides, return_hydra_config=False):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+    return _compose
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """run_cli(*overrides) runs `python run.py` in a subprocess with a private output dir and cache."""
+
+    def _run(*args, multirun=False, cache=None, check=True, env=None):
+        cmd = [sys.executable, str(ROOT / "run.py")]
+        if multirun:
+            cmd.append("-m")
+        out = tmp_path / ("multirun" if multirun else "run")
+        cmd += [f"hydra.{'sweep' if multirun else 'run'}.dir={out}", f"paths.cache_dir={cache or tmp_path / 'cache'}"]
+        if not any(a.startswith("logger=") for a in args):
+            cmd.append("logger=none")
+        cmd += list(args)
+        e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=600)
+        if check and p.returncode != 0:
+            raise AssertionError(f"run.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        p.out_dir = out
+        return p
+
+    return _run

@@ -1,0 +1,69 @@
+"""End-to-end runs of run.py at trainer=tiny, the sweep-to-table path, and the cache."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, group_members
+
+
+def results(p):
+    return json.loads((p.out_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("attack", group_members("attack"))
+def test_every_attack_runs_end_to_end(run_cli, attack):
+    p = run_cli(f"attack={attack}", "trainer=tiny")
+    r = results(p)
+    assert set(r) >= {"metrics", "detection", "config", "timing", "versions", "data"}
+    assert set(r["metrics"]) >= {"acc", "acc_nontarget", "asr", "ra"}
+    for k in ("acc", "acc_nontarget"):
+        assert 0.0 <= r["metrics"][k] <= 1.0
+    assert r["data"]["name"] == "digits" and r["data"]["n_train"] == 256 and len(r["data"]["fingerprint"]) == 16
+    expected = 0 if attack == "none" else round(0.1 * 256)
+    assert r["data"]["n_poisoned"] == expected
+    assert r["config"]["attack"]["name"] == attack and r["detection"] is None
+    assert {"data", "poison", "defense", "evaluate", "total"} <= set(r["timing"])
+    assert (p.out_dir / "trigger_gallery.png").stat().st_size > 1000
+    assert f"result digits {attack} none" in p.stdout
+
+
+def test_second_run_reuses_the_backdoored_model(run_cli, tmp_path):
+    first = run_cli("trainer=tiny", "logger=csv")
+    assert "cache: building model" in (first.out_dir / "run.log").read_text()
+    second = run_cli("trainer=tiny", "trainer.progress_bar=true")  # an execution key: same model
+    log = (second.out_dir / "run.log").read_text()
+    assert "cache: reused model" in log and "cache: reused poisoned_set" in log
+    assert results(first)["metrics"] == results(second)["metrics"]
+    assert [e["reused"] for e in results(second)["cache"]] == [True, True]
+    assert list((first.out_dir / "csv").rglob("metrics.csv"))
+
+
+def test_wandb_offline_logger(run_cli):
+    p = run_cli("trainer=tiny", "logger=wandb", env={"WANDB_MODE": "offline"})
+    assert list((p.out_dir / "wandb").glob("offline-run-*")), "W&B keeps an offline run in the run directory"
+
+
+def test_multirun_to_table(run_cli, tmp_path):
+    p = run_cli("trainer=tiny", "attack=badnets,blended", multirun=True)
+    runs = sorted(p.out_dir.rglob("results.json"))
+    assert len(runs) == 2
+    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), "--out", str(tmp_path / "rep")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    assert "badnets" in rep.stdout and "blended" in rep.stdout and "none ASR" in rep.stdout
+    assert (tmp_path / "rep" / "table.csv").exists()
+
+
+def test_experiment_runs_at_tiny_scale(run_cli):
+    p = run_cli("experiment=core/attacks", "trainer=tiny", multirun=True)
+    assert len(list(p.out_dir.rglob("results.json"))) == 3
+
+
+def test_failed_sweep_point_loses_no_other_result(run_cli):
+    p = run_cli("trainer=tiny", "attack.poison_rate=0.1,1.5", multirun=True)
+    assert len(list(p.out_dir.rglob("results.json"))) == 1
+    err = json.loads(next(p.out_dir.rglob("error.json")).read_text())
+    assert "poison_rate" in err["error"]

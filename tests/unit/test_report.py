@@ -1,0 +1,68 @@
+import json
+
+import pandas as pd
+import pytest
+
+from backdoor_bench.report.table import load_runs, paper_table, read_reference, with_reference
+from scripts.report import main as report_main  # noqa: I001
+
+
+def write_run(root, name, attack, defense, acc, asr, seed=0):
+    d = root / name
+    d.mkdir(parents=True)
+    r = {"metrics": {"acc": acc, "acc_nontarget": acc, "asr": asr, "ra": 1 - asr}, "detection": None,
+         "config": {"attack": {"name": attack, "poison_rate": 0.1}, "defense": {"name": defense}, "seed": seed,
+                    "model": {"_target_": "x.SmallCNN", "width": 32}},
+         "timing": {"total": 1.0}, "data": {"name": "digits"}}
+    (d / "results.json").write_text(json.dumps(r))
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    write_run(tmp_path, "0", "badnets", "none", 0.90, 1.00)
+    write_run(tmp_path, "1", "badnets", "none", 0.92, 0.98, seed=1)
+    write_run(tmp_path, "2", "blended", "none", 0.80, 0.50)
+    write_run(tmp_path, "3", "badnets", "dbd", 0.85, 0.02)
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "error.json").write_text(json.dumps({"error": "boom"}))
+    return tmp_path
+
+
+def test_table_means_over_seeds_in_percent(runs_dir):
+    runs, errors = load_runs([runs_dir])
+    assert len(runs) == 4 and len(errors) == 1
+    t = paper_table(runs)
+    assert list(t.index) == ["badnets", "blended"]
+    assert list(t.columns) == [("none", "ACC"), ("none", "ASR"), ("dbd", "ACC"), ("dbd", "ASR")]
+    assert t.loc["badnets", ("none", "ACC")] == pytest.approx(91.0)
+    assert t.loc["badnets", ("none", "ASR")] == pytest.approx(99.0)
+    assert t.loc["badnets", ("dbd", "ASR")] == pytest.approx(2.0)
+    assert pd.isna(t.loc["blended", ("dbd", "ACC")])
+
+
+def test_reference_deltas(runs_dir, tmp_path):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("# a comment\nattack,defense,acc,asr\nbadnets,none,91.32,95.03\nbadnets,dbd,89.65,1.28\n")
+    t = with_reference(paper_table(load_runs([runs_dir])[0]), read_reference(str(ref)))
+    assert t.loc["badnets", ("none", "ACC", "paper")] == pytest.approx(91.32)
+    assert t.loc["badnets", ("none", "ACC", "delta")] == pytest.approx(91.0 - 91.32)
+    assert t.loc["badnets", ("dbd", "ASR", "delta")] == pytest.approx(2.0 - 1.28)
+    assert pd.isna(t.loc["blended", ("none", "ACC", "paper")])
+
+
+def test_packaged_reference_and_unknown_name():
+    ref = read_reference("backdoorbench/cifar10_preactresnet18")
+    assert {"attack", "defense", "acc", "asr"} <= set(ref.columns)
+    assert ref.set_index(["attack", "defense"]).loc[("badnets", "none"), "asr"] == 95.03
+    with pytest.raises(FileNotFoundError, match="no reference"):
+        read_reference("nope/table9")
+
+
+def test_cli_writes_csv_latex_and_figure(runs_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert report_main([str(runs_dir), "--out", str(out), "--reference", "backdoorbench/cifar10_preactresnet18"]) == 0
+    text = capsys.readouterr().out
+    assert "badnets" in text and "failed sweep points" in text
+    assert (out / "table.csv").exists() and "tabular" in (out / "table.tex").read_text()
+    assert (out / "bars.png").stat().st_size > 1000
+    assert report_main([str(tmp_path / "missing")]) == 2
