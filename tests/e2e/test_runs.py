@@ -67,3 +67,9 @@ def test_failed_sweep_point_loses_no_other_result(run_cli):
     assert len(list(p.out_dir.rglob("results.json"))) == 1
     err = json.loads(next(p.out_dir.rglob("error.json")).read_text())
     assert "poison_rate" in err["error"]
+
+
+def test_default_run_meets_the_readme_promise(run_cli):
+    """`make run`: digits + small_cnn + BadNets reaches ACC >= 90% and ASR >= 90%."""
+    m = results(run_cli())["metrics"]
+    assert m["acc"] >= 0.9 and m["asr"] >= 0.9, m
