@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CIFAR_TAR ?= ../shared/data/cifar10-jpeg75.tar.gz
 
-.PHONY: install run test test-slow lint bench gallery clean
+.PHONY: install run test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -14,14 +14,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import backdoor_bench
 from backdoor_bench.attacks.base import Attack, PoisonedSet
-from backdoor_bench.cache import ArtifactCache, atomic_write_json, spec_key
-from backdoor_bench.data.imageset import ImageSet, load_dataset, stratified_subset
+from backdoor_bench.cache import ArtifactCache, atomic_write_json
+from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
 from backdoor_bench.defenses.base import Defense, DefenseContext
+from backdoor_bench.figures import trigger_gallery
 from backdoor_bench.metrics import attack_metrics, detection_metrics
 from backdoor_bench.models import build_model
-from backdoor_bench.results import make_logger, versions
-from backdoor_bench.training.fit import augmentation, fit, predict, training_spec
+from backdoor_bench.results import close_logger, log_final, make_logger, versions
+from backdoor_bench.training.fit import augmentation, eval_device, fit, predict, training_spec
 from backdoor_bench.training.supervised import Supervised
 from backdoor_bench.validate import validate
 
@@ -38,45 +40,45 @@ def _stage(timings: dict, name: str):
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
-def eval_device(tcfg) -> torch.device:
-    if tcfg.accelerator == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run one experiment point and return (and write) its results."""
     out_dir = Path(out_dir)
-    timings: dict[str, float] = {}
     attack, defense = validate(cfg)  # every config check happens here, before any data or training
+    logger = make_logger(cfg, out_dir)
+    try:
+        return _run(cfg, out_dir, attack, defense, logger)
+    finally:
+        close_logger(logger)  # also when a sweep point fails: the next point gets its own W&B run
+
+
+def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
+    timings: dict[str, float] = {}
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache.enabled)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    logger = make_logger(cfg, out_dir)
 
     with _stage(timings, "data"):
         train, test = load_dataset(cfg.dataset, cache)
-        train = stratified_subset(train, cfg.trainer.train_subset, cfg.seed)
-        test = stratified_subset(test, cfg.trainer.test_subset, cfg.seed)
+        train = random_subset(train, cfg.trainer.train_subset, cfg.seed)
+        test = random_subset(test, cfg.trainer.test_subset, cfg.seed)
         fingerprint = train.fingerprint()
 
     with _stage(timings, "poison"):
-        poison_spec = {"data": fingerprint, "attack": OmegaConf.to_container(cfg.attack, resolve=True),
-                       "seed": cfg.seed}
+        spec = {"data": fingerprint, "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
+                "seed": cfg.seed}
         poisoned = PoisonedSet.from_payload(
-            cache.get_or_build("poisoned_set", poison_spec, lambda: attack.poison(train, cfg.seed).to_payload()))
+            cache.get_or_build("poisoned_set", spec, lambda: attack.poison(train, cfg.seed).to_payload()))
         log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
                  attack.name)
 
-    ctx = _context(cfg, poisoned, train, cache, logger, out_dir, spec_key(poison_spec), defense, timings)
+    ctx = _context(cfg, poisoned, train, cache, logger, out_dir, defense, timings)
     with _stage(timings, "defense"):
         outcome = defense.run(ctx)
 
     with _stage(timings, "evaluate"):
         triggered = attack.apply(test.x)
-        device = eval_device(cfg.trainer)
-        bs = cfg.trainer.eval_batch_size
-        metrics = attack_metrics(predict(outcome.model, test.x, bs, device),
-                                 predict(outcome.model, triggered, bs, device),
+        kw = {"batch_size": cfg.trainer.eval_batch_size, "device": eval_device(cfg.trainer),
+              "bf16": str(cfg.trainer.precision).startswith("bf16")}
+        metrics = attack_metrics(predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw),
                                  test.y, attack.target_label(test.y), attack.asr_mask(test.y))
         detection = None
         if outcome.verdict is not None:
@@ -97,24 +99,21 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     atomic_write_json(out_dir / "results.json", results)
     log.info("results: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
 
-    from backdoor_bench.figures import trigger_gallery
-    from backdoor_bench.results import log_final
-
-    gallery = None
+    images = {}
     try:
         show = _gallery_indices(test, attack)
-        gallery = trigger_gallery([(attack.name, test.x[show], triggered[show])], out_dir / "trigger_gallery.png")
+        images["trigger_gallery"] = trigger_gallery([(attack.name, test.x[show], triggered[show])],
+                                                    out_dir / "trigger_gallery.png")
     except Exception as e:  # a figure never costs a result
         log.warning("could not draw the trigger gallery: %s", e)
-    log_final(logger, results, {"trigger_gallery": gallery} if gallery else {})
+    log_final(logger, results, images)
     return results
 
 
 def _gallery_indices(test: ImageSet, attack: Attack, n: int = 4) -> torch.Tensor:
-    """The first test image of `n` different non-target classes."""
-    mask = attack.asr_mask(test.y)
+    """The first test image of `n` different classes among those that enter ASR."""
     picks, seen = [], set()
-    for i in mask.nonzero().flatten().tolist():
+    for i in attack.asr_mask(test.y).nonzero().flatten().tolist():
         if int(test.y[i]) not in seen:
             picks.append(i)
             seen.add(int(test.y[i]))
@@ -124,38 +123,54 @@ def _gallery_indices(test: ImageSet, attack: Attack, n: int = 4) -> torch.Tensor
 
 
 def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactCache, logger, out_dir,
-             poison_key: str, defense: Defense, timings: dict) -> DefenseContext:
+             defense: Defense, timings: dict) -> DefenseContext:
     """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
     data_cfg, tcfg = cfg.dataset, cfg.trainer
     train = poisoned.train
 
+    def new_model() -> torch.nn.Module:
+        return build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+
+    def fit_module(module: pl.LightningModule, data: ImageSet, name: str, max_epochs: int | None = None,
+                   augment: bool = True, checkpoint: Path | None = None, **kw) -> pl.LightningModule:
+        """Train any Lightning module on `data` with the run's trainer settings and augmentation."""
+        with _stage(timings, f"train/{name}"):
+            return fit(module, data.x, data.y, tcfg, max_epochs=int(max_epochs or tcfg.max_epochs),
+                       augment=augmentation(data_cfg) if augment else None, seed=cfg.seed, logger=logger,
+                       checkpoint=checkpoint, **kw)
+
     def train_model(data: ImageSet, name: str, cache_spec: dict | None = None, loss: str = "ce",
                     max_epochs: int | None = None) -> torch.nn.Module:
-        """Standard supervised training of a fresh `cfg.model` on `data` (cached when `cache_spec`)."""
-        epochs = int(max_epochs if max_epochs is not None else tcfg.max_epochs)
+        """Standard supervised training of a fresh `cfg.model` on `data`; cached when `cache_spec` is
+        given (the key adds everything that determines the model: data, augmentation, model, training)."""
+        epochs = int(max_epochs or tcfg.max_epochs)
 
-        def build(checkpoint=None):
-            model = build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+        def build(checkpoint=None) -> torch.nn.Module:
+            model = new_model()
             module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
                                 channels_last=bool(tcfg.channels_last), log_prefix=name)
-            with _stage(timings, f"train/{name}"):
-                fit(module, data.x, data.y, tcfg, max_epochs=epochs, augment=augmentation(data_cfg),
-                    seed=cfg.seed, logger=logger, checkpoint=checkpoint)
+            fit_module(module, data, name, epochs, checkpoint=checkpoint)
             return model.cpu()
 
         if cache_spec is None or not cache.enabled:
             return build()
-        spec = {**cache_spec, "model": OmegaConf.to_container(cfg.model, resolve=True),
-                "training": training_spec(tcfg), "epochs": epochs, "loss": loss, "seed": cfg.seed}
+        spec = {**cache_spec, "data": data.fingerprint(), "mean": list(data.mean), "std": list(data.std),
+                "augment": OmegaConf.to_container(data_cfg.augment, resolve=True) if data_cfg.get("augment") else None,
+                "model": OmegaConf.to_container(cfg.model, resolve=True), "training": training_spec(tcfg),
+                "epochs": epochs, "loss": loss, "seed": cfg.seed, "version": backdoor_bench.__version__}
         partial = cache.entry("model", spec) / "partial.ckpt"
-        payload = cache.get_or_build("model", spec, lambda: {"state_dict": build(partial).state_dict()})
+        built: list[torch.nn.Module] = []
+        payload = cache.get_or_build("model", spec,
+                                     lambda: {"state_dict": (built.append(build(partial)) or built[0]).state_dict()})
         partial.unlink(missing_ok=True)
-        model = build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+        if built:
+            return built[0]
+        model = new_model()
         model.load_state_dict(payload["state_dict"])
         return model
 
     def backdoored_model() -> torch.nn.Module:
-        return train_model(train, "backdoored", cache_spec={"poisoned_set": poison_key, "role": "backdoored"})
+        return train_model(train, "backdoored", cache_spec={"role": "backdoored"})
 
     clean = None
     if defense.needs_clean:  # trusted clean data: original images of samples the attack left alone
@@ -164,6 +179,5 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactC
         n = max(1, int(round(defense.clean_fraction * len(train))))
         clean = clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
 
-    return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, clean=clean,
-                          seed=cfg.seed, out_dir=Path(out_dir), timings=timings)
-
+    return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
+                          clean=clean, seed=cfg.seed, out_dir=Path(out_dir))

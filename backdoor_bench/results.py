@@ -49,7 +49,7 @@ def flat_metrics(results: dict) -> dict:
 
 
 def log_final(logger, results: dict, images: dict) -> None:
-    """Log final metrics and figures, then close the logger (W&B needs finish() between sweep jobs)."""
+    """Log final metrics and figures (results.json is already written: a logger never loses it)."""
     if logger is None:
         return
     try:
@@ -57,11 +57,19 @@ def log_final(logger, results: dict, images: dict) -> None:
         if images and hasattr(logger, "log_image"):
             for key, path in images.items():
                 logger.log_image(key=key, images=[str(path)])
-        logger.finalize("success")
-    except Exception as e:  # the results file is already written; a logger never loses it
+    except Exception as e:
         log.warning("logger failed: %s", e)
-    finally:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
 
-            wandb.finish()
+
+def close_logger(logger) -> None:
+    """Flush and close; W&B needs finish() between sweep jobs or they merge into one run."""
+    if logger is None:
+        return
+    try:
+        logger.finalize("success")
+    except Exception as e:
+        log.warning("logger failed to close: %s", e)
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()

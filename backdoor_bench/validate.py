@@ -9,26 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from backdoor_bench.attacks.base import Attack
 from backdoor_bench.defenses.base import Defense
-from backdoor_bench.errors import ConfigError
+from backdoor_bench.errors import ConfigError, instantiate_checked
+from backdoor_bench.models import build_model
+from backdoor_bench.training.optim import configure_optimizers
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-
-
-def _build(group: str, node, **kw):
-    if node is None or "_target_" not in node:
-        raise ConfigError(f"{group} has no _target_: choose one of the configs in conf/{group}/")
-    try:
-        return instantiate(node, **kw)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(f"{group}: {cause or e}") from None
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 
 
 def validate(cfg) -> tuple[Attack, Defense]:
@@ -38,6 +28,8 @@ def validate(cfg) -> tuple[Attack, Defense]:
         if key not in d:
             raise ConfigError(f"dataset.{key} is missing: every dataset config declares it")
     source = d.source
+    if "root" in d.keys() and OmegaConf.is_missing(d, "root"):
+        raise ConfigError(f"dataset.root is not set: dataset={d.name} needs dataset.root=<folder or file>")
     root = source.get("root")
     if "root" in source and not source.get("download", False):
         if not root or not Path(str(root)).expanduser().exists():
@@ -48,6 +40,10 @@ def validate(cfg) -> tuple[Attack, Defense]:
         raise ConfigError(f"trainer.accelerator={t.accelerator!r} is unknown: use one of {', '.join(ACCELERATORS)}")
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible: use trainer=cpu or trainer=default")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={t.precision} is unknown: use one of {', '.join(PRECISIONS)}")
+    if t.devices not in (1, "1", "auto") and t.devices != [0]:
+        raise ConfigError(f"trainer.devices={t.devices}: runs use one device (pick it with CUDA_VISIBLE_DEVICES)")
     for key in ("max_epochs", "batch_size", "eval_batch_size"):
         if int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be at least 1")
@@ -55,9 +51,12 @@ def validate(cfg) -> tuple[Attack, Defense]:
         if t.get(key) is not None and int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be a positive count or null")
 
-    attack = _build("attack", cfg.attack, num_classes=int(d.num_classes))
+    model = build_model(cfg.model, int(d.num_classes), int(d.channels), (0.5,) * int(d.channels),
+                        (0.5,) * int(d.channels))
+    configure_optimizers(model.parameters(), OmegaConf.to_container(t.optimizer, resolve=True), 1)
+    attack = instantiate_checked("attack", cfg.attack, num_classes=int(d.num_classes))
     attack.check(int(d.num_classes), (int(d.channels), int(d.image_size), int(d.image_size)))
-    defense = _build("defense", cfg.defense)
+    defense = instantiate_checked("defense", cfg.defense)
     if defense.needs_clean and not defense.clean_fraction > 0:
         raise ConfigError(f"defense={defense.name} needs trusted clean data: set defense.clean_fraction > 0 "
                           "(for example 0.05)")

@@ -55,6 +55,7 @@ class Attack:
     """
 
     clean_label = False  # clean-label attacks never change a label
+    test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(self, name: str, target: int = 0, label_mode: str = "all2one",
                  poison_rate: float = 0.1, poison_count: int | None = None, num_classes: int | None = None):
@@ -87,6 +88,10 @@ class Attack:
         """Validate against the dataset before any work; raise ConfigError naming the key."""
         if self.label_mode == "all2one" and not 0 <= self.target < num_classes:
             raise ConfigError(f"attack.target={self.target} is not a class: use 0..{num_classes - 1}")
+
+    def poison_spec(self, cfg: dict) -> dict:
+        """What determines the poisoned training set (its cache key): the config without test-only keys."""
+        return {k: v for k, v in cfg.items() if k not in self.test_only}
 
     # -- shared mechanics ------------------------------------------------------------------------
     def target_label(self, y: torch.Tensor) -> torch.Tensor:

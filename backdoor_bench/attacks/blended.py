@@ -22,6 +22,8 @@ class Blended(Attack):
         pattern_path: an image file to blend; null uses procedural noise from `pattern_seed`.
     """
 
+    test_only = ("name", "test_alpha")
+
     def __init__(self, alpha: float = 0.2, test_alpha: float | None = None, pattern_path: str | None = None,
                  pattern_seed: int = 0, **kw):
         super().__init__(**kw)
@@ -33,6 +35,14 @@ class Blended(Attack):
         self.alpha = float(alpha)
         self.test_alpha = self.alpha if test_alpha is None else float(test_alpha)
         self.pattern_path, self.pattern_seed = pattern_path, int(pattern_seed)
+
+    def poison_spec(self, cfg):
+        spec = super().poison_spec(cfg)
+        if self.pattern_path:  # the image's content, not just its name
+            from backdoor_bench.cache import sha256_file
+
+            spec["pattern_sha256"] = sha256_file(Path(self.pattern_path).expanduser())
+        return spec
 
     def pattern(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """The blend pattern as uint8 `[C, H, W]`."""

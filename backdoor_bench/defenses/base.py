@@ -9,9 +9,7 @@ supervised training, retraining on a cleansed set).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +33,11 @@ class Verdict:
     labels: torch.Tensor | None = None
     scores: torch.Tensor | None = None
 
+    def __post_init__(self):
+        self.kept = self.kept.bool().cpu()
+        self.labels = self.labels.long().cpu() if self.labels is not None else None
+        self.scores = self.scores.float().cpu() if self.scores is not None else None
+
     def cleansed(self, train: ImageSet) -> ImageSet:
         """The training set a cleansing defense retrains on: kept samples, with their new labels."""
         y = train.y if self.labels is None else self.labels
@@ -55,20 +58,12 @@ class DefenseContext:
     """What a defense gets. Built by the pipeline; see the module docstring."""
 
     train: ImageSet
-    train_model: Callable[..., torch.nn.Module]  # (data, name, cache_spec=None) -> trained model
+    train_model: Callable[..., torch.nn.Module]  # (data, name, cache_spec=None, loss="ce") -> trained model
     backdoored_model: Callable[[], torch.nn.Module]
+    fit: Callable[..., object]  # (module, data, name, max_epochs=None, augment=True) -> module
     clean: ImageSet | None = None
     seed: int = 0
     out_dir: Path = Path(".")
-    timings: dict = field(default_factory=dict)
-
-    @contextmanager
-    def timer(self, stage: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples."""

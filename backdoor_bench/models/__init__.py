@@ -5,7 +5,6 @@ defenses all work in pixel space."""
 from __future__ import annotations
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 
@@ -31,5 +30,7 @@ class ImageClassifier(nn.Module):
 
 def build_model(cfg, num_classes: int, in_channels: int, mean, std) -> ImageClassifier:
     """Instantiate `cfg.model` for a dataset's classes, channels and normalisation."""
-    backbone = instantiate(cfg, num_classes=num_classes, in_channels=in_channels)
+    from backdoor_bench.errors import instantiate_checked
+
+    backbone = instantiate_checked("model", cfg, num_classes=num_classes, in_channels=in_channels)
     return ImageClassifier(backbone, mean, std)

@@ -48,18 +48,23 @@ def _order(values, first="none") -> list:
 
 
 def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack") -> pd.DataFrame:
-    """Mean over seeds, in %, indexed by `rows`; columns (defense, metric name)."""
+    """Mean over seeds, in %, indexed by `rows`; columns (defense, metric name).
+
+    Runs on different datasets, models or poison rates are never averaged together: any of those
+    that varies becomes an outer index level."""
     if runs.empty:
         raise ValueError("no results.json found")
     metrics = [m for m in metrics if m in runs.columns]
-    long = runs.groupby([rows, "defense"], sort=False)[metrics].mean(numeric_only=True) * 100
+    keys = [k for k in ("dataset", "model", "poison_rate") if k != rows and runs[k].nunique(dropna=False) > 1]
+    runs = runs.fillna({k: "-" for k in keys})
+    long = runs.groupby([*keys, rows, "defense"], sort=False)[metrics].mean(numeric_only=True) * 100
     table = long.unstack("defense")
     table.columns = table.columns.swaplevel(0, 1)
-    defenses = _order(runs["defense"])
-    table = table.reindex(columns=pd.MultiIndex.from_product([defenses, metrics]))
-    table = table.reindex(_order(runs[rows]))
+    table = table.reindex(columns=pd.MultiIndex.from_product([_order(runs["defense"]), metrics]))
+    if not keys:
+        table = table.reindex(_order(runs[rows]))
+        table.index.name = rows
     table.columns = pd.MultiIndex.from_tuples([(d, METRIC_NAMES.get(m, m)) for d, m in table.columns])
-    table.index.name = rows
     return table.dropna(axis=1, how="all")
 
 
@@ -82,8 +87,9 @@ def with_reference(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
     for defense, mname in table.columns:
         metric = next((k for k, v in METRIC_NAMES.items() if v == mname), mname)
         ours = table[(defense, mname)]
+        attacks = table.index.get_level_values(-1)  # the row key is the innermost level
         paper = pd.Series([ref[metric].get((a, defense), float("nan")) if metric in ref else float("nan")
-                           for a in table.index], index=table.index, dtype=float)
+                           for a in attacks], index=table.index, dtype=float)
         for kind, values in (("ours", ours), ("paper", paper), ("delta", ours - paper)):
             cols.append((defense, mname, kind))
             data[(defense, mname, kind)] = values

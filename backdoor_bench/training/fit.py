@@ -4,7 +4,6 @@ checkpoints, and predict on uint8 tensors."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from backdoor_bench.cache import atomic_write
 from backdoor_bench.data.augment import CropFlip
 from backdoor_bench.data.loader import DeviceLoader
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # trainer keys that change how fast a model trains, not which model comes out
 EXECUTION_KEYS = {"name", "accelerator", "devices", "progress_bar", "log_every_n_steps", "eval_batch_size",
-                  "test_subset", "num_threads"}
+                  "test_subset"}
 
 
 def training_spec(tcfg) -> dict:
@@ -36,9 +36,7 @@ class _SaveEachEpoch(pl.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, module):
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
 
 
 class _EpochLog(pl.Callback):
@@ -69,21 +67,35 @@ def device_of(trainer: pl.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
+def _usable(checkpoint: Path) -> bool:
+    """A checkpoint to resume from: present and loadable (a stale or broken one is deleted)."""
+    if not Path(checkpoint).exists():
+        return False
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True)
+        return True
+    except Exception as e:
+        log.warning("ignoring unusable checkpoint %s (%s); training from the start", checkpoint, e)
+        Path(checkpoint).unlink(missing_ok=True)
+        return False
+
+
 def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, max_epochs: int,
         augment=None, seed: int = 0, logger=None, checkpoint: Path | None = None,
-        extras: dict | None = None, batch_size: int | None = None) -> pl.LightningModule:
+        extras: dict | None = None, batch_size: int | None = None, callbacks=()) -> pl.LightningModule:
     """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
 
     Data moves to the training device once; `augment` runs there on whole batches. With
     `checkpoint`, a checkpoint is written after each epoch and an existing one is resumed from,
-    so an interrupted run continues where it stopped.
+    so an interrupted run continues where it stopped (from the last finished epoch; the shuffling
+    order after a resume differs from an uninterrupted run's).
     """
-    callbacks = [_SaveEachEpoch(checkpoint)] if checkpoint is not None else []
+    callbacks = [*callbacks, *([_SaveEachEpoch(checkpoint)] if checkpoint is not None else [])]
     trainer = make_trainer(tcfg, max_epochs, logger, callbacks)
     loader = DeviceLoader(x, y, batch_size or tcfg.batch_size, shuffle=True, augment=augment,
                           device=device_of(trainer), seed=seed, extras=extras)
     ckpt_path = None
-    if checkpoint is not None and Path(checkpoint).exists():
+    if checkpoint is not None and _usable(checkpoint):
         log.info("resuming training from %s", checkpoint)
         ckpt_path = str(checkpoint)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
@@ -98,11 +110,19 @@ def augmentation(dcfg) -> CropFlip | None:
     return CropFlip(padding=int(a.get("padding", 0)), flip=bool(a.get("flip", False)))
 
 
+def eval_device(tcfg) -> torch.device:
+    """Where evaluation runs: the GPU when the trainer may use one and one is visible."""
+    if tcfg.accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
 @torch.inference_mode()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device=None,
-            transform=None) -> torch.Tensor:
-    """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu",
+            transform=None, bf16: bool = False) -> torch.Tensor:
+    """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first);
+    `bf16` evaluates under bf16 autocast, as a model trained with bf16-mixed was trained."""
+    device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
     out = []
@@ -110,7 +130,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, devi
         xb = x[i:i + batch_size].to(device)
         if transform is not None:
             xb = transform(xb)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(model(xb.float().div_(255)).argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -73,3 +73,13 @@ def test_default_run_meets_the_readme_promise(run_cli):
     """`make run`: digits + small_cnn + BadNets reaches ACC >= 90% and ASR >= 90%."""
     m = results(run_cli())["metrics"]
     assert m["acc"] >= 0.9 and m["asr"] >= 0.9, m
+
+
+def test_cleansing_verdict_reaches_detection_metrics_and_retrain(run_cli):
+    p = run_cli("trainer=tiny", "defense._target_=tests.e2e.fake_defense.CornerCleanser", "defense.name=corner")
+    r = results(p)
+    d = r["detection"]
+    assert d["tpr"] == 1.0 and d["tp"] == r["data"]["n_poisoned"] and d["n_removed"] == d["n_flagged"]
+    assert r["defense_extra"]["n_flagged"] == d["n_flagged"]
+    assert "retraining on the cleansed set" in (p.out_dir / "run.log").read_text()
+    assert "train/retrain" in r["timing"]

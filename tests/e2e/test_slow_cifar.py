@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TAR.exists(), reason=f"{T
 def cifar_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10-jpeg75")
     with tarfile.open(TAR) as t:
-        t.extractall(root, filter="data")
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        t.extractall(root, **kw)
     return root
 
 

@@ -9,7 +9,11 @@ CASES = [
     (["attack.pattern=triangle"], "attack.pattern"),
     (["dataset=image_folder", "dataset.root=/no/such/folder"], "dataset.root"),
     (["dataset=cifar10", "dataset.root=/no/such/folder", "dataset.download=false"], "dataset.root"),
+    (["dataset=image_folder"], "dataset.root is not set"),
+    (["dataset=image_folder", "dataset.root=tests"], "no 'train' folder"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    (["trainer.precision=8-bit"], "trainer.precision"),
+    (["trainer.optimizer.name=lion"], "trainer.optimizer.name"),
 ]
 
 

@@ -40,3 +40,15 @@ def test_bad_alpha_and_missing_file():
         Blended(name="blended", alpha=1.5)
     with pytest.raises(ConfigError, match="attack.pattern_path"):
         Blended(name="blended", pattern_path="/no/such/file.png")
+
+
+def test_poison_spec_ignores_test_only_keys(tmp_path):
+    cfg = {"name": "blended", "alpha": 0.2, "test_alpha": 0.5}
+    a = Blended(**cfg)
+    assert a.poison_spec(cfg) == {"alpha": 0.2}
+    img = tmp_path / "p.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(img)
+    b = Blended(name="blended", pattern_path=str(img))
+    spec = b.poison_spec({"pattern_path": str(img)})
+    Image.fromarray(np.full((4, 4, 3), 9, dtype=np.uint8)).save(img)
+    assert b.poison_spec({"pattern_path": str(img)}) != spec, "editing the image changes the key"

@@ -40,6 +40,16 @@ def test_table_means_over_seeds_in_percent(runs_dir):
     assert pd.isna(t.loc["blended", ("dbd", "ACC")])
 
 
+def test_different_models_are_never_averaged(runs_dir):
+    write_run(runs_dir, "5", "badnets", "none", 0.50, 0.50)
+    r = json.loads((runs_dir / "5" / "results.json").read_text())
+    r["config"]["model"] = {"_target_": "x.PreActResNet18", "width": 16}
+    (runs_dir / "5" / "results.json").write_text(json.dumps(r))
+    t = paper_table(load_runs([runs_dir])[0])
+    assert t.loc[("SmallCNN-w32", "badnets"), ("none", "ACC")] == pytest.approx(91.0)
+    assert t.loc[("PreActResNet18-w16", "badnets"), ("none", "ACC")] == pytest.approx(50.0)
+
+
 def test_reference_deltas(runs_dir, tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text("# a comment\nattack,defense,acc,asr\nbadnets,none,91.32,95.03\nbadnets,dbd,89.65,1.28\n")
