@@ -43,6 +43,11 @@ def trigger_gallery(rows: list[tuple[str, torch.Tensor, torch.Tensor]], path: Pa
             _show(axes[r, n + i], poisoned[i], "poisoned" if r == 0 else None)
             _show(axes[r, 2 * n + i], diff[i], f"|diff| x{factor:.0f}")
         axes[r, 0].set_ylabel(label, fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG (creating folders) and free the figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,10 +106,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def bar_chart(table: pd.DataFrame, path: str | Path) -> Path:
     """Grouped bars: one group per attack, one bar per (defense, metric) cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from backdoor_bench.figures import save_figure
 
     cols = [c for c in table.columns if c[-1] in ("ours",) or len(c) == 2]
     data = table[cols]
@@ -119,10 +116,4 @@ def bar_chart(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylim(0, 105)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("ACC / ASR per attack and defense")
-    fig = ax.get_figure()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(ax.get_figure(), path)
