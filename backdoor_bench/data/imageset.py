@@ -1,0 +1,102 @@
+"""`ImageSet`: a whole dataset as a uint8 tensor, and the config-driven loader."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from backdoor_bench.errors import ConfigError, instantiate_checked
+
+
+@dataclass
+class ImageSet:
+    """Images `x` (uint8 `[N, C, H, W]`) with labels `y` (int64 `[N]`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    name: str = "data"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.x.dtype != torch.uint8 or self.x.ndim != 4:
+            raise TypeError(f"ImageSet.x must be uint8 [N,C,H,W], got {self.x.dtype} {tuple(self.x.shape)}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(self.x[index], self.y[index], self.classes, self.mean, self.std, self.name)
+
+    def replace(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> ImageSet:
+        return ImageSet(
+            self.x if x is None else x, self.y if y is None else y, self.classes, self.mean, self.std, self.name
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash of pixels and labels: identifies the exact data a result came from."""
+        h = hashlib.sha256()
+        h.update(self.x.contiguous().numpy().tobytes())
+        h.update(self.y.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def to_payload(self) -> dict:
+        return {"x": self.x, "y": self.y, "classes": list(self.classes), "mean": list(self.mean),
+                "std": list(self.std), "name": self.name}
+
+    @classmethod
+    def from_payload(cls, d: dict) -> ImageSet:
+        return cls(d["x"], d["y"], list(d["classes"]), tuple(d["mean"]), tuple(d["std"]), d["name"])
+
+
+def random_subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
+    """A fixed random subset of `n` samples (the tiny trainer's shrink); `None` keeps all."""
+    if n is None or n >= len(data):
+        return data
+    g = torch.Generator().manual_seed(seed)
+    return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+
+
+def load_dataset(cfg, cache=None) -> tuple[ImageSet, ImageSet]:
+    """Instantiate `cfg.source` (a loader function) and return (train, test).
+
+    Decoding a folder of images is slow, so loaders that declare `cacheable: true` store the
+    decoded tensors in the artifact cache, keyed by the source config.
+    """
+    def build():
+        train, test = instantiate_checked("dataset", cfg.source)
+        return {"train": train.to_payload(), "test": test.to_payload()}
+
+    if cache is not None and cfg.get("cacheable", False):
+        from omegaconf import OmegaConf
+
+        spec = {"source": OmegaConf.to_container(cfg.source, resolve=True)}
+        payload = cache.get_or_build("dataset", spec, build)
+    else:
+        payload = build()
+    train, test = ImageSet.from_payload(payload["train"]), ImageSet.from_payload(payload["test"])
+    expected = (cfg.channels, cfg.image_size, cfg.image_size)
+    if train.shape != expected:
+        raise ConfigError(
+            f"dataset.{cfg.name}: images are {train.shape} but the config declares channels={cfg.channels}, "
+            f"image_size={cfg.image_size}; set dataset.image_size / dataset.channels to match"
+        )
+    if train.num_classes != cfg.num_classes:
+        raise ConfigError(f"dataset.num_classes={cfg.num_classes} but {cfg.root if 'root' in cfg else cfg.name} "
+                          f"has {train.num_classes} classes: set dataset.num_classes={train.num_classes}")
+    return train, test
