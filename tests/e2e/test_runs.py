@@ -67,6 +67,7 @@ def test_failed_sweep_point_loses_no_other_result(run_cli):
     assert len(list(p.out_dir.rglob("results.json"))) == 1
     err = json.loads(next(p.out_dir.rglob("error.json")).read_text())
     assert "poison_rate" in err["error"]
+    assert "1 of 2 points finished; 1 failed" in p.stdout
 
 
 def test_default_run_meets_the_readme_promise(run_cli):
