@@ -31,7 +31,7 @@ def compose():
 def run_cli(tmp_path):
     """run_cli(*overrides) runs `python run.py` in a subprocess with a private output dir and cache."""
 
-    def _run(*args, multirun=False, cache=None, check=True, env=None):
+    def _run(*args, multirun=False, cache=None, check=True, env=None, timeout=600):
         cmd = [sys.executable, str(ROOT / "run.py")]
         if multirun:
             cmd.append("-m")
@@ -41,7 +41,7 @@ def run_cli(tmp_path):
             cmd.append("logger=none")
         cmd += list(args)
         e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=600)
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"run.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         p.out_dir = out
