@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +20,6 @@ class ImageSet:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     name: str = "data"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.x.dtype != torch.uint8 or self.x.ndim != 4:
