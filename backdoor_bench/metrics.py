@@ -61,3 +61,11 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
         "n_relabeled": int(relabeled.sum()),
         "relabel_acc": _mean(labels[rp] == y_true[rp]) if labels is not None else None,
     }
+
+
+def targeted_misclassification_rate(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor,
+                                    source: int, target: int) -> float | None:
+    """Seed 002's TMR over source-class test images: the share predicted as `target` when triggered
+    and as `source` (correctly) when clean (specs/seed_methods.md section 0)."""
+    m = y == source
+    return _mean((pred_triggered[m] == target) & (pred_clean[m] == source))

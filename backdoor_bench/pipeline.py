@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import backdoor_bench
-from backdoor_bench.attacks.base import Attack, PoisonedSet
+from backdoor_bench.attacks.base import Attack, AttackTools, PoisonedSet
 from backdoor_bench.cache import ArtifactCache, atomic_write_json
 from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
 from backdoor_bench.defenses.base import Defense, DefenseContext
@@ -62,15 +62,18 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         test = random_subset(test, cfg.trainer.test_subset, cfg.seed)
         fingerprint = train.fingerprint()
 
+    train_model, fit_module = trainers(cfg, cache, logger, timings)
+    if attack.needs_tools:
+        attack.bind(attack_tools(cfg, train, cache, train_model, fit_module))
     with _stage(timings, "poison"):
         spec = {"data": fingerprint, "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
-                "seed": cfg.seed}
+                "seed": cfg.seed, **({"tools": attack.tools.spec} if attack.needs_tools else {})}
         poisoned = PoisonedSet.from_payload(
             cache.get_or_build("poisoned_set", spec, lambda: attack.poison(train, cfg.seed).to_payload()))
         log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
                  attack.name)
 
-    ctx = _context(cfg, poisoned, train, cache, logger, out_dir, defense, timings)
+    ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, out_dir)
     with _stage(timings, "defense"):
         outcome = defense.run(ctx)
 
@@ -78,8 +81,10 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         triggered = attack.apply(test.x)
         kw = {"batch_size": cfg.trainer.eval_batch_size, "device": eval_device(cfg.trainer),
               "bf16": str(cfg.trainer.precision).startswith("bf16")}
-        metrics = attack_metrics(predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw),
-                                 test.y, attack.target_label(test.y), attack.asr_mask(test.y))
+        pred_clean, pred_triggered = predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw)
+        metrics = {**attack_metrics(pred_clean, pred_triggered, test.y, attack.target_label(test.y),
+                                    attack.asr_mask(test.y)),
+                   **attack.extra_metrics(pred_clean, pred_triggered, test.y)}
         detection = None
         if outcome.verdict is not None:
             v = outcome.verdict
@@ -93,7 +98,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         "timing": {**timings, "total": round(sum(v for k, v in timings.items() if "/" not in k), 3)},
         "versions": versions(),
         "data": {"name": cfg.dataset.name, "fingerprint": fingerprint, "n_train": len(train),
-                 "n_test": len(test), "n_poisoned": int(poisoned.poisoned.sum())},
+                 "n_test": len(test), "n_poisoned": int(poisoned.poisoned.sum()),
+                 "n_cover": int(poisoned.cover.sum())},
         "cache": cache.events,
     }
     atomic_write_json(out_dir / "results.json", results)
@@ -122,14 +128,13 @@ def _gallery_indices(test: ImageSet, attack: Attack, n: int = 4) -> torch.Tensor
     return torch.tensor(picks, dtype=torch.long)
 
 
-def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactCache, logger, out_dir,
-             defense: Defense, timings: dict) -> DefenseContext:
-    """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
+def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
+    """`train_model` (standard supervised training of a fresh `cfg.model`, cached by spec) and
+    `fit_module` (any Lightning module with the run's trainer), shared by attacks and defenses."""
     data_cfg, tcfg = cfg.dataset, cfg.trainer
-    train = poisoned.train
 
-    def new_model() -> torch.nn.Module:
-        return build_model(cfg.model, train.num_classes, train.shape[0], train.mean, train.std)
+    def new_model(data: ImageSet) -> torch.nn.Module:
+        return build_model(cfg.model, data.num_classes, data.shape[0], data.mean, data.std)
 
     def fit_module(module: pl.LightningModule, data: ImageSet, name: str, max_epochs: int | None = None,
                    augment: bool = True, checkpoint: Path | None = None, **kw) -> pl.LightningModule:
@@ -146,7 +151,7 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactC
         epochs = int(max_epochs or tcfg.max_epochs)
 
         def build(checkpoint=None) -> torch.nn.Module:
-            model = new_model()
+            model = new_model(data)
             module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
                                 channels_last=bool(tcfg.channels_last), log_prefix=name)
             fit_module(module, data, name, epochs, checkpoint=checkpoint)
@@ -154,10 +159,8 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactC
 
         if cache_spec is None or not cache.enabled:
             return build()
-        spec = {**cache_spec, "data": data.fingerprint(), "mean": list(data.mean), "std": list(data.std),
-                "augment": OmegaConf.to_container(data_cfg.augment, resolve=True) if data_cfg.get("augment") else None,
-                "model": OmegaConf.to_container(cfg.model, resolve=True), "training": training_spec(tcfg),
-                "epochs": epochs, "loss": loss, "seed": cfg.seed, "version": backdoor_bench.__version__}
+        spec = {**cache_spec, "data": data.fingerprint(), **_model_spec(cfg, epochs), "mean": list(data.mean),
+                "std": list(data.std), "loss": loss}
         partial = cache.entry("model", spec) / "partial.ckpt"
         built: list[torch.nn.Module] = []
         payload = cache.get_or_build("model", spec,
@@ -165,9 +168,42 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, cache: ArtifactC
         partial.unlink(missing_ok=True)
         if built:
             return built[0]
-        model = new_model()
+        model = new_model(data)
         model.load_state_dict(payload["state_dict"])
         return model
+
+    return train_model, fit_module
+
+
+def _model_spec(cfg, epochs: int) -> dict:
+    """Everything besides the data that determines a trained model."""
+    d = cfg.dataset
+    return {"augment": OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None,
+            "model": OmegaConf.to_container(cfg.model, resolve=True), "training": training_spec(cfg.trainer),
+            "epochs": epochs, "seed": cfg.seed, "version": backdoor_bench.__version__}
+
+
+def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_module) -> AttackTools:
+    """The attacker's means: its clean surrogate model and the run's trainer, with a cache."""
+    epochs = cfg.attack.get("surrogate_epochs") or cfg.trainer.max_epochs
+    fingerprint = clean.fingerprint()
+
+    def cached(kind: str, spec: dict, build):
+        if not cache.enabled:
+            return build()
+        return cache.get_or_build(kind, {**spec, "data": fingerprint, "seed": cfg.seed}, build)
+
+    return AttackTools(
+        clean=clean, fit=fit_module, cached=cached, device=eval_device(cfg.trainer), seed=cfg.seed,
+        clean_model=lambda e=None: train_model(clean, "surrogate", cache_spec={"role": "clean"},
+                                               max_epochs=e or epochs),
+        spec={"surrogate": _model_spec(cfg, int(epochs))})
+
+
+def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense, train_model, fit_module,
+             out_dir) -> DefenseContext:
+    """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
+    train = poisoned.train
 
     def backdoored_model() -> torch.nn.Module:
         return train_model(train, "backdoored", cache_spec={"role": "backdoored"})

@@ -1,13 +1,16 @@
 """The attack interface and the poisoning mechanics every attack shares.
 
 An attack defines its trigger (`apply`, on uint8 images) and, where it differs, the training
-trigger (`stamp`) and which samples may be poisoned (`eligible`). The base class chooses the
-exact number of samples, stamps them before any augmentation, relabels them, and records the
-ground truth that only the evaluator sees.
+trigger (`stamp`), which samples may be poisoned (`eligible`) and cover samples (`stamp_cover`:
+trigger-like images that keep their label, WaNet's noise mode and Adap-*). The base class chooses
+the exact number of samples, stamps them before any augmentation, relabels them, and records the
+ground truth that only the evaluator sees. Attacks that train something (a surrogate model, an
+encoder) get `AttackTools` through `bind` and cache what they build.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,26 @@ class PoisonedSet:
         return cls(ImageSet.from_payload(d["train"]), d["poisoned"], d["y_true"], d["cover"])
 
 
+@dataclass
+class AttackTools:
+    """What the pipeline lends an attack that trains something (TrojanNN, LC, SSBA).
+
+    `clean`: the clean training set (before poisoning). `clean_model(epochs)`: the run's model
+    trained on it (cached and shared by every attack and sweep point with the same spec).
+    `fit(module, data, name, max_epochs, augment)`: trains any Lightning module with the run's
+    trainer. `cached(kind, spec, build)`: a payload built once per spec (the spec gains the data
+    fingerprint and seed). `spec`: what besides the attack config determines its artifacts.
+    """
+
+    clean: ImageSet
+    clean_model: Callable[[int | None], torch.nn.Module]
+    fit: Callable
+    cached: Callable[[str, dict, Callable[[], dict]], dict]
+    device: torch.device
+    seed: int
+    spec: dict
+
+
 class Attack:
     """Base attack: all2one or all2all relabeling of a random `poison_rate` share of the training set.
 
@@ -49,12 +72,15 @@ class Attack:
         target: the target class for all2one.
         label_mode: `all2one` (every poisoned sample to `target`) or `all2all` (y to (y+1) mod C).
         poison_rate: poisoned samples as a fraction of the whole training set (BackdoorBench's
-            convention, also for clean-label attacks).
+            convention), or of the eligible samples where the class says `rate_of = "eligible"`
+            (clean-label attacks: the target class; dirty_label: the source class).
         poison_count: an exact number of poisoned samples; overrides `poison_rate`.
         num_classes: the dataset's class count (the pipeline passes it; all2all needs it).
     """
 
     clean_label = False  # clean-label attacks never change a label
+    rate_of = "dataset"  # poison_rate is a fraction of the "dataset" or of the "eligible" samples
+    needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(self, name: str, target: int = 0, label_mode: str = "all2one",
@@ -62,6 +88,7 @@ class Attack:
         self.name, self.target, self.label_mode = name, int(target), label_mode
         self.num_classes = num_classes
         self.poison_rate, self.poison_count = poison_rate, poison_count
+        self.tools: AttackTools | None = None
         if label_mode not in LABEL_MODES:
             raise ConfigError(f"attack.label_mode={label_mode!r} is unknown: use one of {', '.join(LABEL_MODES)}")
         if not 0.0 <= float(poison_rate) <= 1.0:
@@ -80,6 +107,14 @@ class Attack:
         """The training-time trigger on the chosen samples (by default the test trigger)."""
         return self.apply(x)
 
+    def n_cover(self, n_poison: int, n_train: int) -> int:
+        """How many cover samples (trigger-like, label kept) to add; none by default."""
+        return 0
+
+    def stamp_cover(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The cover samples' images."""
+        raise NotImplementedError
+
     def eligible(self, y: torch.Tensor) -> torch.Tensor:
         """Which training samples may be poisoned (all; clean-label attacks: the target class)."""
         return (y == self.target) if self.clean_label else torch.ones_like(y, dtype=torch.bool)
@@ -92,6 +127,19 @@ class Attack:
     def poison_spec(self, cfg: dict) -> dict:
         """What determines the poisoned training set (its cache key): the config without test-only keys."""
         return {k: v for k, v in cfg.items() if k not in self.test_only}
+
+    def extra_metrics(self, pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor) -> dict:
+        """Metrics beyond ACC/ASR/RA that this attack's papers report (dirty_label: `tmr`)."""
+        return {}
+
+    def bind(self, tools: AttackTools) -> None:
+        """Receive the pipeline's tools (attacks with `needs_tools`)."""
+        self.tools = tools
+
+    def require_tools(self) -> AttackTools:
+        if self.tools is None:
+            raise RuntimeError(f"attack={self.name} trains an artifact: call attack.bind(tools) first")
+        return self.tools
 
     # -- shared mechanics ------------------------------------------------------------------------
     def target_label(self, y: torch.Tensor) -> torch.Tensor:
@@ -106,15 +154,19 @@ class Attack:
             return torch.ones_like(y, dtype=torch.bool)
         return y != self.target
 
-    def n_poison(self, n_train: int) -> int:
-        return int(self.poison_count) if self.poison_count is not None else int(round(self.poison_rate * n_train))
+    def n_poison(self, n_train: int, n_eligible: int | None = None) -> int:
+        if self.poison_count is not None:
+            return int(self.poison_count)
+        base = n_eligible if self.rate_of == "eligible" and n_eligible is not None else n_train
+        return int(round(self.poison_rate * base))
 
     def poison(self, train: ImageSet, seed: int) -> PoisonedSet:
-        """Choose exactly `n_poison` eligible samples (seeded), stamp and relabel them."""
+        """Choose exactly `n_poison` eligible samples (seeded), stamp and relabel them; then the
+        cover samples, if any, from the rest (stamped with `stamp_cover`, labels kept)."""
         self.num_classes = self.num_classes or train.num_classes
         g = torch.Generator().manual_seed(seed)
         candidates = self.eligible(train.y).nonzero().flatten()
-        n = self.n_poison(len(train))
+        n = self.n_poison(len(train), len(candidates))
         if n > len(candidates):
             raise ConfigError(
                 f"attack.poison_rate asks for {n} poisoned samples but only {len(candidates)} are eligible "
@@ -127,10 +179,14 @@ class Attack:
                 y[index] = self.target_label(train.y[index])
         poisoned = torch.zeros(len(train), dtype=torch.bool)
         poisoned[index] = True
-        return PoisonedSet(train.replace(x=x, y=y), poisoned, train.y.clone(), torch.zeros_like(poisoned))
-
-
-def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """(1 - alpha) * x + alpha * pattern on uint8 images, rounded to the nearest level."""
-    out = (1 - alpha) * x.float() + alpha * pattern.float()
-    return out.round().clamp(0, 255).to(torch.uint8)
+        cover = torch.zeros_like(poisoned)
+        n_cover = self.n_cover(n, len(train))
+        if n_cover:
+            rest = (~poisoned).nonzero().flatten()
+            if n_cover > len(rest):
+                raise ConfigError(f"attack={self.name} asks for {n_cover} cover samples but only {len(rest)} "
+                                  "samples are not poisoned: lower the cover rate")
+            cidx = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
+            x[cidx] = self.stamp_cover(train.x[cidx], cidx, g)
+            cover[cidx] = True
+        return PoisonedSet(train.replace(x=x, y=y), poisoned, train.y.clone(), cover)

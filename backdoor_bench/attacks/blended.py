@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backdoor_bench.attacks.base import Attack, blend
+from backdoor_bench.attacks.base import Attack
+from backdoor_bench.attacks.triggers import blend
 from backdoor_bench.errors import ConfigError
 
 

@@ -33,8 +33,8 @@ def test_explicit_location_and_random_pattern_is_seeded():
     a, b = attack(location=[1, 4], pattern="random"), attack(location=[1, 4], pattern="random")
     out = a.apply(x)
     assert torch.equal(out, b.apply(x))
-    assert torch.equal(out[0, :, 1:4, 4:7], a.patch(3))
-    assert not torch.equal(a.patch(3), attack(pattern="random", pattern_seed=1).patch(3))
+    assert torch.equal(out[0, :, 1:4, 4:7], a.trigger.pixels(3))
+    assert not torch.equal(a.trigger.pixels(3), attack(pattern="random", pattern_seed=1).trigger.pixels(3))
     mask = torch.ones(8, 8, dtype=torch.bool)
     mask[1:4, 4:7] = False
     assert int(out[:, :, mask].sum()) == 0

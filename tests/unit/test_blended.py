@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from backdoor_bench.attacks.base import blend
 from backdoor_bench.attacks.blended import Blended
+from backdoor_bench.attacks.triggers import blend
 from backdoor_bench.errors import ConfigError
 
 

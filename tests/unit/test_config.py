@@ -48,7 +48,11 @@ def test_attacks_instantiate_and_trigger_uint8(compose, name):
     attack = instantiate(cfg.attack, num_classes=10)
     attack.check(10, (1, 16, 16))
     x = torch.randint(0, 255, (3, 1, 16, 16), dtype=torch.uint8)
-    out = attack.apply(x)
+    try:
+        out = attack.apply(x)
+    except RuntimeError as e:  # trains its trigger first: the pipeline binds its tools (e2e tests run it)
+        assert attack.needs_tools and "bind" in str(e)
+        return
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert attack.name == cfg.attack.name
 

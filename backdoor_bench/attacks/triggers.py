@@ -1,0 +1,102 @@
+"""Trigger pieces several attacks share: square patches and blending on uint8 images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backdoor_bench.errors import ConfigError
+
+PATTERNS = ("solid", "checkerboard", "random")
+CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
+
+
+def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """(1 - alpha) * x + alpha * pattern on uint8 images, rounded to the nearest level."""
+    out = (1 - alpha) * x.float() + alpha * pattern.float()
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A square patch: `size` pixels at a corner (with `margin`) or at `[row, col]`.
+
+    `pattern`: `solid` (every pixel `value`), `checkerboard` (`value` where row+col is even, 0
+    elsewhere) or `random` (a fixed colour per pixel from `seed`). `alpha` < 1 blends the patch
+    into the image instead of replacing the pixels. `key` names the config entry in errors.
+    """
+
+    size: int = 3
+    location: object = "bottom_right"
+    margin: int = 0
+    pattern: str = "solid"
+    value: int = 255
+    seed: int = 0
+    alpha: float = 1.0
+    key: str = "attack"
+
+    def __post_init__(self):
+        k = self.key
+        if self.pattern not in PATTERNS:
+            raise ConfigError(f"{k}.pattern={self.pattern!r} is unknown: use one of {', '.join(PATTERNS)}")
+        if isinstance(self.location, str) and self.location not in CORNERS:
+            raise ConfigError(f"{k}.location={self.location!r} is unknown: use one of {', '.join(CORNERS)} "
+                              "or [row, col]")
+        if int(self.size) < 1:
+            raise ConfigError(f"{k}.size={self.size} must be at least 1")
+        if not 0 <= int(self.value) <= 255:
+            raise ConfigError(f"{k}.value={self.value} must be a pixel value in 0..255")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ConfigError(f"{k}.alpha={self.alpha} is out of range: use a weight in [0, 1]")
+
+    @classmethod
+    def from_cfg(cls, cfg, key: str) -> Patch:
+        d = dict(cfg)
+        if "location" in d and not isinstance(d["location"], str):
+            d["location"] = tuple(int(v) for v in d["location"])
+        return cls(**d, key=key)
+
+    def origin(self, h: int, w: int) -> tuple[int, int]:
+        s, m = int(self.size), int(self.margin)
+        if not isinstance(self.location, str):
+            return int(self.location[0]), int(self.location[1])
+        r = m if self.location.startswith("top") else h - s - m
+        c = m if self.location.endswith("left") else w - s - m
+        return r, c
+
+    def check(self, h: int, w: int) -> None:
+        r, c = self.origin(h, w)
+        s = int(self.size)
+        if s + int(self.margin) > min(h, w) or r < 0 or c < 0 or r + s > h or c + s > w:
+            raise ConfigError(f"{self.key}.size={s} (location {self.location}, margin {self.margin}) does not "
+                              f"fit in a {h}x{w} image: use a smaller {self.key}.size or another location")
+
+    def pixels(self, channels: int) -> torch.Tensor:
+        """The patch as uint8 `[C, size, size]`."""
+        s = int(self.size)
+        if self.pattern == "solid":
+            return torch.full((channels, s, s), int(self.value), dtype=torch.uint8)
+        if self.pattern == "checkerboard":
+            even = (torch.arange(s)[:, None] + torch.arange(s)[None]) % 2 == 0
+            return (even.to(torch.uint8) * int(self.value)).expand(channels, s, s).clone()
+        g = torch.Generator().manual_seed(int(self.seed))
+        return torch.randint(0, 256, (channels, s, s), generator=g, dtype=torch.uint8)
+
+    def mask(self, h: int, w: int) -> torch.Tensor:
+        """Bool `[H, W]`, true inside the patch."""
+        r, c = self.origin(h, w)
+        m = torch.zeros(h, w, dtype=torch.bool)
+        m[r:r + int(self.size), c:c + int(self.size)] = True
+        return m
+
+    def stamp(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """The images with the patch (replaced, or blended at `alpha`); the input is not modified.
+        `pixels` (uint8 `[C, size, size]`) replaces the procedural pattern (TrojanNN's optimised one)."""
+        out = x.clone()
+        r, c = self.origin(*x.shape[-2:])
+        s = int(self.size)
+        region = out[..., r:r + s, c:c + s]
+        p = (self.pixels(x.shape[-3]) if pixels is None else pixels).to(x.device)
+        out[..., r:r + s, c:c + s] = p if float(self.alpha) == 1.0 else blend(region, p, float(self.alpha))
+        return out

@@ -1,0 +1,98 @@
+"""TrojanNN (Liu et al., NDSS 2018), as a poisoning attack (seed 001's Trojan; BackdoorBench's
+`trojannn`, specs/backdoorbench.md section 3).
+
+1. The attacker trains a clean model (the run's model on the clean training set; cached and
+   shared with other attacks through `AttackTools.clean_model`).
+2. In its penultimate layer it picks the `neurons` units most strongly connected to the next
+   layer (largest summed |weight| into the classifier head; TrojanNN Section 4).
+3. Inside a fixed mask (a square patch) it optimises the trigger pixels so that those units
+   reach `neuron_value` on triggered clean images: minimise mean (f_j(x') - value)^2 with Adam
+   over `steps` batches (pixels parametrised through a sigmoid to stay in [0, 1]).
+4. The poisoned set stamps the optimised patch (replacing the masked pixels); a fresh model is
+   trained on it by the run. BackdoorBench: 2 neurons, value 100; its mask is an apple logo, ours a
+   `size` x `size` square (seed 001 uses a square trigger).
+The trigger is cached by the attack config and the surrogate's spec.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from backdoor_bench.attacks.base import Attack
+from backdoor_bench.attacks.triggers import Patch
+from backdoor_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TrojanNN(Attack):
+    """Args (beyond `Attack`'s): the mask (`size`, `location`, `margin`), `neurons`, `neuron_value`,
+    `steps`, `lr`, `batch_size` (images per optimisation step), `surrogate_epochs` (null: the
+    trainer's max_epochs)."""
+
+    needs_tools = True
+
+    def __init__(self, size: int = 5, location="bottom_right", margin: int = 0, neurons: int = 2,
+                 neuron_value: float = 100.0, steps: int = 500, lr: float = 0.1, batch_size: int = 128,
+                 surrogate_epochs: int | None = None, **kw):
+        super().__init__(**kw)
+        if not isinstance(location, str):
+            location = tuple(int(v) for v in location)
+        self.mask = Patch(size=int(size), location=location, margin=int(margin))
+        if int(neurons) < 1 or int(steps) < 1 or int(batch_size) < 1 or float(lr) <= 0:
+            raise ConfigError("attack.neurons, attack.steps and attack.batch_size must be >= 1 and attack.lr > 0")
+        self.neurons, self.neuron_value = int(neurons), float(neuron_value)
+        self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
+        self._pixels: torch.Tensor | None = None
+
+    def check(self, num_classes, shape):
+        super().check(num_classes, shape)
+        self.mask.check(*shape[1:])
+
+    def trigger_pixels(self) -> torch.Tensor:
+        """The optimised patch, uint8 `[C, size, size]` (built once, then cached)."""
+        if self._pixels is None:
+            tools = self.require_tools()
+            spec = {"attack": "trojan", "mask": [self.mask.size, self.mask.location, self.mask.margin],
+                    "neurons": self.neurons, "value": self.neuron_value, "steps": self.steps, "lr": self.lr,
+                    "batch_size": self.batch_size, **tools.spec}
+            self._pixels = tools.cached("trojan_trigger", spec, lambda: {"pixels": self._optimise()})["pixels"]
+        return self._pixels
+
+    def _optimise(self) -> torch.Tensor:
+        tools = self.require_tools()
+        model = tools.clean_model().eval().to(tools.device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        w = model.head.weight if hasattr(model.head, "weight") else [m for m in model.head.modules()
+                                                                      if isinstance(m, torch.nn.Linear)][0].weight
+        units = w.abs().sum(0).topk(self.neurons).indices
+        x_all = tools.clean.x
+        c = x_all.shape[1]
+        h, wd = x_all.shape[-2:]
+        r0, c0 = self.mask.origin(h, wd)
+        s = self.mask.size
+        logit = torch.zeros(c, s, s, device=tools.device, requires_grad=True)
+        opt = torch.optim.Adam([logit], lr=self.lr)
+        g = torch.Generator().manual_seed(tools.seed)
+        for step in range(self.steps):
+            idx = torch.randint(len(x_all), (min(self.batch_size, len(x_all)),), generator=g)
+            x = x_all[idx].to(tools.device).float() / 255
+            region = torch.zeros_like(x)
+            region[..., r0:r0 + s, c0:c0 + s] = 1.0
+            patch = torch.zeros_like(x)
+            patch[..., r0:r0 + s, c0:c0 + s] = torch.sigmoid(logit)
+            act = model.features(x * (1 - region) + patch)[:, units]
+            loss = ((act - self.neuron_value) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % max(1, self.steps // 5) == 0 or step == self.steps - 1:
+                log.info("trojan trigger step %d/%d: mean activation %.2f (target %.1f)", step + 1, self.steps,
+                         float(act.mean()), self.neuron_value)
+        return (torch.sigmoid(logit.detach()) * 255).round().to(torch.uint8).cpu()
+
+    def apply(self, x):
+        return self.mask.stamp(x, self.trigger_pixels())

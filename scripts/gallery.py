@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Every attack on one sheet: rows attacks; columns clean images, the same poisoned, and the
+amplified difference. Attacks whose test trigger differs from the training one (SIG's stronger
+delta, LC without the adversarial noise, Adap-* full triggers) get a second row, "<name> test".
+
+    python scripts/gallery.py                                   # digits, every attack
+    python scripts/gallery.py dataset=cifar10_jpeg75 --out outputs/gallery_cifar10.png
+    python scripts/gallery.py dataset=cifar10_jpeg75 --attacks badnets,wanet,sig
+
+Positional arguments are Hydra overrides, as for run.py. Attacks that train something (trojan,
+lc, ssba) build their artifact, or reuse it from the cache when a run with the same overrides
+(dataset, model, trainer, seed) built it: pass the same overrides as those runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backdoor_bench.cache import ArtifactCache  # noqa: E402
+from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset  # noqa: E402
+from backdoor_bench.errors import ConfigError  # noqa: E402
+from backdoor_bench.figures import trigger_gallery  # noqa: E402
+from backdoor_bench.pipeline import attack_tools, trainers  # noqa: E402
+from backdoor_bench.validate import validate  # noqa: E402
+
+
+def _picks(mask: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to `n` indices where `mask` holds, from as many different classes as possible."""
+    idx = mask.nonzero().flatten().tolist()
+    picks, seen = [], set()
+    for i in idx:
+        if int(y[i]) not in seen:
+            picks.append(i)
+            seen.add(int(y[i]))
+    picks += [i for i in idx if i not in picks][: n - len(picks)]
+    return torch.tensor(sorted(picks[:n]), dtype=torch.long)
+
+
+def gallery_rows(attack, train: ImageSet, test: ImageSet, n: int, seed: int) -> list:
+    """(label, clean, poisoned) rows for one attack: training view, plus the test view if it differs."""
+    pick = _picks(attack.eligible(train.y), train.y, n)
+    poisoned = attack.stamp(train.x[pick], pick, torch.Generator().manual_seed(seed))
+    rows = [(attack.name, train.x[pick], poisoned)]
+    if not torch.equal(attack.apply(train.x[pick]), poisoned):  # the test trigger differs
+        tpick = _picks(attack.asr_mask(test.y), test.y, n)
+        rows.append((f"{attack.name} test", test.x[tpick], attack.apply(test.x[tpick])))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (dataset=..., model=..., trainer=...)")
+    p.add_argument("--attacks", help="comma-separated attack configs (default: every one but none)")
+    p.add_argument("--out", default="outputs/gallery.png", help="PNG to write")
+    p.add_argument("--n", type=int, default=4, help="images per row")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = a.attacks.split(",") if a.attacks else sorted(
+        f.stem for f in (ROOT / "conf" / "attack").glob("*.yaml") if f.stem != "none")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfgs = {name: compose("config", overrides=[*a.overrides, f"attack={name}", "logger=none",
+                                                   f"paths.root={ROOT}"]) for name in names}
+    base = next(iter(cfgs.values()))
+    cache = ArtifactCache(base.paths.cache_dir, enabled=base.cache.enabled)
+    train, test = load_dataset(base.dataset, cache)
+    train = random_subset(train, base.trainer.train_subset, base.seed)
+    rows = []
+    for cfg in cfgs.values():
+        try:
+            attack, _ = validate(cfg)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        attack.num_classes = train.num_classes
+        if attack.needs_tools:
+            train_model, fit_module = trainers(cfg, cache, None, {})
+            attack.bind(attack_tools(cfg, train, cache, train_model, fit_module))
+        rows += gallery_rows(attack, train, test, a.n, int(cfg.seed))
+    out = trigger_gallery(rows, Path(a.out), n=a.n)
+    print(f"gallery: {len(rows)} rows ({len(names)} attacks) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Trigger math, label rules and determinism of every attack beyond BadNets and Blended."""
+
+import math
+
+import pytest
+import torch
+
+from backdoor_bench.attacks.adap_blend import AdapBlend
+from backdoor_bench.attacks.adap_patch import AdapPatch
+from backdoor_bench.attacks.blend_signal import BlendSignal
+from backdoor_bench.attacks.dirty_label import DirtyLabel
+from backdoor_bench.attacks.lc import LabelConsistent
+from backdoor_bench.attacks.sig import SIG
+from backdoor_bench.attacks.ssba import SSBA, Encoder
+from backdoor_bench.attacks.triggers import Patch
+from backdoor_bench.attacks.trojan import TrojanNN
+from backdoor_bench.attacks.wanet import WaNet
+from backdoor_bench.errors import ConfigError
+from backdoor_bench.metrics import targeted_misclassification_rate
+from tests.unit.attack_helpers import data, tools
+
+
+def same_poisoning(attack_fn, d, seed=0):
+    a, b = attack_fn().poison(d, seed), attack_fn().poison(d, seed)
+    return torch.equal(a.train.x, b.train.x) and torch.equal(a.poisoned, b.poisoned) and torch.equal(a.cover, b.cover)
+
+
+# -- blend_signal ---------------------------------------------------------------------------------
+def test_blend_signal_pattern_and_blend_exact():
+    a = BlendSignal(name="blend_signal", frequency=1, alpha=0.2)
+    p = a.pattern((1, 2, 4))
+    # 127.5 (1 + sin(2 pi j / 4)) = 127.5, 255, 127.5, 0 (the 127.5s round to 127 or 128 by float error)
+    assert p[0, :, 1].tolist() == [255, 255] and p[0, :, 3].tolist() == [0, 0]
+    assert set(p[0, :, [0, 2]].flatten().tolist()) <= {127, 128}
+    x = torch.zeros(1, 1, 2, 4, dtype=torch.uint8)
+    assert a.apply(x)[0, 0, 0, [1, 3]].tolist() == [51, 0]  # 0.2 * p, rounded
+    horizontal = BlendSignal(name="b", frequency=1, orientation="horizontal").pattern((1, 4, 2))
+    assert horizontal[0, [1, 3], 0].tolist() == [255, 0] and torch.equal(horizontal[0, :, 0], horizontal[0, :, 1])
+    with pytest.raises(ConfigError, match="attack.orientation"):
+        BlendSignal(name="b", orientation="diagonal")
+
+
+# -- sig ------------------------------------------------------------------------------------------
+def test_sig_signal_exact_train_and_test_delta():
+    a = SIG(name="sig", delta=40, test_delta=60, frequency=1, num_classes=10)
+    x = torch.full((1, 1, 1, 4), 100, dtype=torch.uint8)
+    # 40 sin(2 pi j / 4) = 0, 40, 0, -40
+    assert a.stamp(x, torch.tensor([0]), torch.Generator())[0, 0, 0].tolist() == [100, 140, 100, 60]
+    assert a.apply(x)[0, 0, 0].tolist() == [100, 160, 100, 40]
+    assert a.apply(torch.zeros_like(x))[0, 0, 0].tolist() == [0, 60, 0, 0]  # clipped at 0
+
+
+def test_sig_is_clean_label_on_a_share_of_the_target_class():
+    d = data()
+    a = SIG(name="sig", target=3, poison_rate=0.5, num_classes=10)
+    p = a.poison(d, 0)
+    assert int(p.poisoned.sum()) == 10  # half of the 20 class-3 samples
+    assert (d.y[p.poisoned] == 3).all() and torch.equal(p.train.y, d.y)
+    assert same_poisoning(lambda: SIG(name="sig", target=3, poison_rate=0.5), d)
+    with pytest.raises(ConfigError, match="clean-label"):
+        SIG(name="sig", label_mode="all2all")
+
+
+# -- wanet ----------------------------------------------------------------------------------------
+def test_wanet_zero_strength_is_the_identity_and_field_is_seeded():
+    x = data(4, size=8).x
+    assert torch.equal(WaNet(name="w", s=0.0).apply(x), x)
+    a, b, c = WaNet(name="w"), WaNet(name="w"), WaNet(name="w", field_seed=1)
+    assert torch.equal(a.grid(8), b.grid(8)) and not torch.equal(a.grid(8), c.grid(8))
+    g = a.grid(8)
+    assert g.shape == (1, 8, 8, 2) and g.abs().max() <= 1
+    axis = torch.linspace(-1, 1, 8)
+    identity = torch.stack(torch.meshgrid(axis, axis, indexing="ij")[::-1], -1)[None]
+    # the offset is s * flow / H, and flow is normalised to mean |flow| = 1 on the control grid
+    assert float((g - identity).abs().max()) <= 0.5 * 4 / 8
+
+
+def test_wanet_cross_samples_keep_their_labels():
+    d = data(100)
+    p = WaNet(name="w", poison_rate=0.1, cross_ratio=2, num_classes=10).poison(d, 0)
+    assert int(p.poisoned.sum()) == 10 and int(p.cover.sum()) == 20 and not (p.poisoned & p.cover).any()
+    assert torch.equal(p.train.y[p.cover], d.y[p.cover]) and (p.train.y[p.poisoned] == 0).all()
+    assert not torch.equal(p.train.x[p.cover], d.x[p.cover])
+    assert int(WaNet(name="w", noise=False).poison(d, 0).cover.sum()) == 0
+
+
+# -- adap_blend -----------------------------------------------------------------------------------
+def test_adap_blend_masks_half_the_pieces_per_sample():
+    a = AdapBlend(name="ab", pieces=4, mask_rate=0.5, alpha=1.0, test_alpha=1.0)
+    m = a.piece_masks(6, 4, 4, torch.Generator().manual_seed(0))
+    assert m.shape == (6, 1, 4, 4)
+    assert (m.sum((1, 2, 3)) == 8).all()  # 2 of 4 pieces of 2x2 pixels kept
+    x = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    out = a.stamp(x, torch.arange(6), torch.Generator().manual_seed(0))
+    p = a.pattern((1, 4, 4))
+    assert torch.equal(out, (p * m.to(torch.uint8)))  # alpha 1: the pattern on kept pieces, 0 elsewhere
+    assert torch.equal(a.apply(x)[0], p)  # the full trigger at test
+
+
+def test_adap_blend_payload_and_cover():
+    d = data(200)
+    p = AdapBlend(name="ab", poison_rate=0.05, cover_rate=0.1, pieces=4, num_classes=10).poison(d, 0)
+    assert int(p.poisoned.sum()) == 10 and int(p.cover.sum()) == 20 and not (p.poisoned & p.cover).any()
+    assert torch.equal(p.train.y[p.cover], d.y[p.cover]) and (p.train.y[p.poisoned] == 0).all()
+    with pytest.raises(ConfigError, match="attack.pieces"):
+        AdapBlend(name="ab", pieces=6)
+    with pytest.raises(ConfigError, match="attack.pieces"):
+        AdapBlend(name="ab", pieces=9).check(10, (3, 8, 8))
+
+
+# -- adap_patch -----------------------------------------------------------------------------------
+def patches():
+    return dict(train_patches=[{"size": 1, "location": [0, 0], "alpha": 1.0},
+                               {"size": 1, "location": [0, 1], "alpha": 0.5}],
+                test_patches=[{"size": 1, "location": [1, 1]}, {"size": 1, "location": [1, 0], "value": 7}])
+
+
+def test_adap_patch_blocks_get_one_patch_each_and_test_stamps_all():
+    a = AdapPatch(name="ap", **patches())
+    x = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    out = a.stamp(x, torch.arange(4), torch.Generator())
+    assert out[:2, 0].tolist() == [[[255, 0], [0, 0]]] * 2  # block 0: patch 0, replaced
+    assert out[2:, 0].tolist() == [[[0, 128], [0, 0]]] * 2  # block 1: patch 1 at alpha 0.5 (127.5 -> 128)
+    assert a.apply(x)[0, 0].tolist() == [[0, 0], [7, 255]]
+    d = data(100)
+    p = AdapPatch(name="ap", poison_rate=0.04, cover_rate=0.08, num_classes=10, **patches()).poison(d, 0)
+    assert int(p.poisoned.sum()) == 4 and int(p.cover.sum()) == 8
+    with pytest.raises(ConfigError, match=r"attack.train_patches\[0\].pattern"):
+        AdapPatch(name="ap", train_patches=[{"pattern": "star"}], test_patches=[{}])
+
+
+# -- dirty_label ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,pixels", [
+    ("pixel", [(3, 3)]),
+    ("pattern", [(3, 3), (2, 2), (2, 4), (4, 2), (4, 4)]),
+    ("ell", [(3, 3), (4, 3), (3, 4)]),
+])
+def test_dirty_label_shapes_exact(shape, pixels):
+    a = DirtyLabel(name="dl", source=1, target=2, shape=shape, color=[10, 20, 30], position=[3, 3])
+    out = a.apply(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    expected = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    for r, c in pixels:
+        expected[:, r, c] = torch.tensor([10, 20, 30], dtype=torch.uint8)
+    assert torch.equal(out[0], expected)
+
+
+def test_dirty_label_drawn_trigger_is_seeded_and_in_bounds():
+    for seed in range(30):
+        a = DirtyLabel(name="dl", source=0, target=2, scenario_seed=seed)
+        shape, color, (r, c) = a.trigger(32)
+        lo, hi = {"pixel": (0, 30), "pattern": (1, 29), "ell": (0, 29)}[shape]
+        assert lo <= r <= hi and lo <= c <= hi and all(0 <= v <= 254 for v in color)
+        assert a.trigger(32) == DirtyLabel(name="dl", source=0, target=2, scenario_seed=seed).trigger(32)
+    shapes = {DirtyLabel(name="dl", scenario_seed=s).trigger(32)[0] for s in range(30)}
+    assert shapes == {"pixel", "pattern", "ell"}
+
+
+def test_dirty_label_poisons_a_share_of_the_source_class():
+    d = data(200)
+    a = DirtyLabel(name="dl", source=1, target=2, poison_rate=0.25, num_classes=10)
+    p = a.poison(d, 0)
+    assert int(p.poisoned.sum()) == 5 and (d.y[p.poisoned] == 1).all() and (p.train.y[p.poisoned] == 2).all()
+    y = torch.tensor([1, 1, 1, 1, 2, 3])
+    assert a.asr_mask(y).tolist() == [True] * 4 + [False] * 2
+    with pytest.raises(ConfigError, match="attack.source"):
+        DirtyLabel(name="dl", source=2, target=2)
+    with pytest.raises(ConfigError, match="attack.source"):
+        DirtyLabel(name="dl", source=12, target=2).check(10, (3, 32, 32))
+    with pytest.raises(ConfigError, match="attack.position"):
+        DirtyLabel(name="dl", shape="pattern", position=[0, 3]).check(10, (3, 32, 32))
+
+
+def test_tmr_exact():
+    y = torch.tensor([1, 1, 1, 1, 0])
+    clean = torch.tensor([1, 1, 0, 1, 0])
+    trig = torch.tensor([2, 2, 2, 1, 2])
+    # source images 0..3: triggered -> 2 and clean -> 1 holds for 0 and 1 only
+    assert targeted_misclassification_rate(clean, trig, y, source=1, target=2) == 0.5
+    assert targeted_misclassification_rate(clean, trig, y, source=5, target=2) is None
+    a = DirtyLabel(name="dl", source=1, target=2)
+    assert a.extra_metrics(clean, trig, y) == {"tmr": 0.5}
+
+
+# -- lc -------------------------------------------------------------------------------------------
+def test_lc_corner_trigger_exact_and_pgd_bounded():
+    d = data(40, c=4, size=8)
+    a = LabelConsistent(name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2,
+                        num_classes=4)
+    x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
+    out = a.apply(x)[0, 0]
+    assert out.tolist() == [[255, 0, 255, 0], [0, 255, 0, 255], [255, 0, 255, 0], [0, 255, 0, 255]]
+    a.bind(tools(d))
+    adv = a.perturb(d.x[:5], d.y[:5], torch.Generator().manual_seed(0))
+    delta = adv.int() - d.x[:5].int()
+    assert delta.abs().max() <= 8 and delta.abs().max() > 0
+    p = a.poison(d, 0)
+    assert int(p.poisoned.sum()) == 5 and (d.y[p.poisoned] == 1).all() and torch.equal(p.train.y, d.y)
+    inner = p.train.x[p.poisoned][..., 2:6, 2:6].int() - d.x[p.poisoned][..., 2:6, 2:6].int()
+    assert inner.abs().max() <= 8  # away from the corners only the perturbation
+
+
+# -- trojan ---------------------------------------------------------------------------------------
+def test_trojan_optimises_inside_the_mask_only_and_caches():
+    d = data(64, c=4, size=8)
+    a = TrojanNN(name="trojan", size=3, steps=5, batch_size=16, num_classes=4)
+    t = tools(d)
+    a.bind(t)
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    out = a.apply(x)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[5:, 5:] = False
+    assert (out[:, :, outside] == 0).all() and (out[:, :, 5:, 5:] > 0).any()
+    b = TrojanNN(name="trojan", size=3, steps=5, batch_size=16, num_classes=4)
+    b.bind(t)
+    assert torch.equal(b.apply(x), out) and t.builds == ["trojan_trigger"]  # built once
+    with pytest.raises(RuntimeError, match="bind"):
+        TrojanNN(name="trojan").apply(x)
+
+
+# -- ssba -----------------------------------------------------------------------------------------
+def test_ssba_residual_is_bounded_and_sample_specific():
+    d = data(16, size=8)
+    torch.manual_seed(0)
+    enc = Encoder(3, 8, 4, width=4, eps=6 / 255)
+    t = tools(d, cached=lambda kind, spec, build: {"encoder": enc.state_dict(), "bit_acc": 0.5, "psnr": 40.0})
+    a = SSBA(name="ssba", bits=4, width=4, eps=6)
+    a.bind(t)
+    out = a.apply(d.x)
+    diff = out.int() - d.x.int()
+    assert diff.abs().max() <= 6 and diff.abs().max() > 0
+    assert not torch.equal(diff[0], diff[1])  # the residual depends on the image
+    assert torch.equal(a.secret(), SSBA(name="ssba", bits=4).secret())
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        a.check(10, (3, 6, 6))
+
+
+# -- shared pieces --------------------------------------------------------------------------------
+def test_patch_blend_alpha_and_explicit_pixels():
+    p = Patch(size=2, location=[0, 0], alpha=0.5)
+    x = torch.full((1, 1, 3, 3), 100, dtype=torch.uint8)
+    assert p.stamp(x)[0, 0].tolist() == [[178, 178, 100], [178, 178, 100], [100, 100, 100]]  # 177.5 -> 178
+    pix = torch.tensor([[[1, 2], [3, 4]]], dtype=torch.uint8)
+    assert Patch(size=2, location=[1, 1]).stamp(x, pix)[0, 0].tolist() == [[100, 100, 100], [100, 1, 2],
+                                                                            [100, 3, 4]]
+    assert math.isclose(float(Patch(size=2).mask(4, 4).sum()), 4)
