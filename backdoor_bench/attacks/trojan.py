@@ -91,7 +91,7 @@ class TrojanNN(Attack):
             opt.step()
             if step % max(1, self.steps // 5) == 0 or step == self.steps - 1:
                 log.info("trojan trigger step %d/%d: mean activation %.2f (target %.1f)", step + 1, self.steps,
-                         float(act.mean()), self.neuron_value)
+                         act.mean().item(), self.neuron_value)
         return (torch.sigmoid(logit.detach()) * 255).round().to(torch.uint8).cpu()
 
     def apply(self, x):

@@ -1,0 +1,24 @@
+"""scripts/gallery.py: every attack on one sheet."""
+
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_gallery_sheet_rows(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gallery
+
+    out = tmp_path / "sheet.png"
+    rc = gallery.main(["trainer=tiny", f"paths.cache_dir={tmp_path / 'cache'}",
+                       "--attacks", "badnets,sig,adap_patch,dirty_label", "--out", str(out), "--n", "3"])
+    assert rc == 0 and out.stat().st_size > 5000
+    # badnets, dirty_label: one row each; sig and adap_patch: a test row too (stronger delta, other patches)
+    assert "gallery: 6 rows (4 attacks)" in capsys.readouterr().out
+
+
+def test_gallery_rejects_a_bad_attack_value(tmp_path, capsys):
+    import gallery
+
+    rc = gallery.main(["attack.poison_rate=2", "--attacks", "badnets", "--out", str(tmp_path / "x.png")])
+    assert rc == 2 and "attack.poison_rate" in capsys.readouterr().err
