@@ -66,9 +66,7 @@ class TrojanNN(Attack):
         model = tools.clean_model().eval().to(tools.device)
         for p in model.parameters():
             p.requires_grad_(False)
-        w = model.head.weight if hasattr(model.head, "weight") else [m for m in model.head.modules()
-                                                                      if isinstance(m, torch.nn.Linear)][0].weight
-        units = w.abs().sum(0).topk(self.neurons).indices
+        units = model.head.weight.abs().sum(0).topk(self.neurons).indices  # every model's head is one Linear
         x_all = tools.clean.x
         c = x_all.shape[1]
         h, wd = x_all.shape[-2:]
