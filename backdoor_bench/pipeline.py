@@ -66,8 +66,10 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
     if attack.needs_tools:
         attack.bind(attack_tools(cfg, train, cache, train_model, fit_module))
     with _stage(timings, "poison"):
-        spec = {"data": fingerprint, "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
-                "seed": cfg.seed, **({"tools": attack.tools.spec} if attack.needs_tools else {})}
+        spec = {"data": fingerprint, "mean": list(train.mean), "std": list(train.std),
+                "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
+                "seed": cfg.seed, "version": backdoor_bench.__version__,
+                **({"tools": attack.tools.spec} if attack.needs_tools else {})}
         poisoned = PoisonedSet.from_payload(
             cache.get_or_build("poisoned_set", spec, lambda: attack.poison(train, cfg.seed).to_payload()))
         log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
@@ -151,6 +153,7 @@ def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
         epochs = int(max_epochs or tcfg.max_epochs)
 
         def build(checkpoint=None) -> torch.nn.Module:
+            torch.manual_seed(cfg.seed)  # the same init whatever was built or loaded before
             model = new_model(data)
             module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
                                 channels_last=bool(tcfg.channels_last), log_prefix=name)
@@ -197,7 +200,7 @@ def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_mo
         clean=clean, fit=fit_module, cached=cached, device=eval_device(cfg.trainer), seed=cfg.seed,
         clean_model=lambda e=None: train_model(clean, "surrogate", cache_spec={"role": "clean"},
                                                max_epochs=e or epochs),
-        spec={"surrogate": _model_spec(cfg, int(epochs))})
+        spec={"surrogate": {**_model_spec(cfg, int(epochs)), "mean": list(clean.mean), "std": list(clean.std)}})
 
 
 def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense, train_model, fit_module,
@@ -210,8 +213,9 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
 
     clean = None
     if defense.needs_clean:  # trusted clean data: original images of samples the attack left alone
+        # (neither poisoned nor cover samples, whose clean originals would reveal the trigger)
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        pool = (~poisoned.poisoned).nonzero().flatten()
+        pool = (~(poisoned.poisoned | poisoned.cover)).nonzero().flatten()
         n = max(1, int(round(defense.clean_fraction * len(train))))
         clean = clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
 

@@ -24,6 +24,8 @@ class BlendSignal(Blended):
 
     def __init__(self, frequency: float = 6, orientation: str = "vertical", **kw):
         super().__init__(**kw)
+        if self.pattern_path:
+            raise ConfigError("attack=blend_signal draws its own pattern: use attack=blended for attack.pattern_path")
         if orientation not in ORIENTATIONS:
             raise ConfigError(f"attack.orientation={orientation!r} is unknown: use one of {', '.join(ORIENTATIONS)}")
         if float(frequency) <= 0:

@@ -6,7 +6,7 @@ centre and 4 diagonal neighbours), ell (3 pixels: centre, below, right)}, a colo
 in [0, 254], and a position (on 32 x 32: pixel in [0, 30]^2, pattern in [1, 29]^2, ell in
 [0, 29]^2; other sizes scale the bounds as H - 2, H - 3). `shape`, `color` and `position` fix any
 of them. `poison_rate` is a fraction of the source class (seed 002: 5, 10 or 20%); the poisoned
-samples are chosen with seed 002's per-scenario seed, seed + 100 rate + 10 source + target.
+samples are chosen with seed 002's per-scenario seed, scenario_seed + 100 rate + 10 source + target.
 ASR and `tmr` (targeted misclassification rate: triggered source images predicted as the target
 while the clean image is predicted as the source) are measured on source-class test images.
 """
@@ -37,6 +37,8 @@ class DirtyLabel(Attack):
             raise ConfigError("attack=dirty_label is one-to-one: use attack.label_mode=all2one")
         if shape is not None and shape not in SHAPES:
             raise ConfigError(f"attack.shape={shape!r} is unknown: use one of {', '.join(SHAPES)} or null")
+        if color is not None and (len(color) != 3 or not all(0 <= int(v) <= 255 for v in color)):
+            raise ConfigError(f"attack.color={list(color)} must be 3 values in 0..255 (r, g, b) or null")
         if int(source) == self.target:
             raise ConfigError(f"attack.source={source} equals attack.target: pick two different classes")
         self.source, self.scenario_seed = int(source), int(scenario_seed)
@@ -88,8 +90,10 @@ class DirtyLabel(Attack):
         return y == self.source
 
     def poison(self, train, seed):
+        """Seed 002's per-scenario seed, scenario_seed + 100 rate + 10 source + target (plus the run's
+        `seed`, 0 by default, so that seed sweeps vary the poisoned samples too)."""
         rate = int(round(100 * float(self.poison_rate)))
-        return super().poison(train, seed + rate + 10 * self.source + self.target)
+        return super().poison(train, self.scenario_seed + rate + 10 * self.source + self.target + seed)
 
     def extra_metrics(self, pred_clean, pred_triggered, y):
         return {"tmr": targeted_misclassification_rate(pred_clean, pred_triggered, y, self.source, self.target)}

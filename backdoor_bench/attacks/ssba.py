@@ -135,7 +135,8 @@ class SSBA(Attack):
         """The trained encoder (built once per spec, then cached)."""
         if self._encoder is None:
             tools = self.require_tools()
-            spec = {"attack": "ssba", "bits": self.bits, "epochs": self.epochs, "eps": self.eps,
+            spec = {"attack": "ssba", "bits": self.bits, "secret_seed": self.secret_seed, "epochs": self.epochs,
+                    "eps": self.eps,
                     "l2_weight": self.l2_weight,
                     "lr": self.lr, "width": self.width, "training": tools.spec}
             payload = tools.cached("ssba_encoder", spec, lambda: self._train(channels, size))
@@ -147,9 +148,10 @@ class SSBA(Attack):
 
     def _train(self, channels: int, size: int) -> dict:
         tools = self.require_tools()
-        torch.manual_seed(tools.seed)
-        enc = Encoder(channels, size, self.bits, self.width, self.eps / 255)
-        dec = Decoder(channels, size, self.bits, self.width)
+        with torch.random.fork_rng():  # seeded init without touching the run's random state
+            torch.manual_seed(tools.seed)
+            enc = Encoder(channels, size, self.bits, self.width, self.eps / 255)
+            dec = Decoder(channels, size, self.bits, self.width)
         tools.fit(StegaTraining(enc, dec, self.bits, self.l2_weight, self.lr), tools.clean, "ssba_encoder",
                   max_epochs=self.epochs, augment=False)
         enc, dec = enc.cpu().eval(), dec.cpu().eval()

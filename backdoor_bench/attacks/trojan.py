@@ -10,7 +10,8 @@
    over `steps` batches (pixels parametrised through a sigmoid to stay in [0, 1]).
 4. The poisoned set stamps the optimised patch (replacing the masked pixels); a fresh model is
    trained on it by the run. BackdoorBench: 2 neurons, value 100; its mask is an apple logo, ours a
-   `size` x `size` square (seed 001 uses a square trigger).
+   `size` x `size` square (seed 001 uses a square trigger). The patch replaces the pixels, as in
+   BackdoorBench; seed 001's code adds its trigger array to the image instead.
 The trigger is cached by the attack config and the surrogate's spec.
 """
 

@@ -243,3 +243,14 @@ def test_patch_blend_alpha_and_explicit_pixels():
     assert Patch(size=2, location=[1, 1]).stamp(x, pix)[0, 0].tolist() == [[100, 100, 100], [100, 1, 2],
                                                                             [100, 3, 4]]
     assert math.isclose(float(Patch(size=2).mask(4, 4).sum()), 4)
+
+
+def test_dirty_label_scenario_seed_picks_the_samples_and_bad_colours_are_rejected():
+    d = data(400)
+    a = DirtyLabel(name="dl", source=1, target=2, poison_rate=0.25, scenario_seed=100, num_classes=10)
+    b = DirtyLabel(name="dl", source=1, target=2, poison_rate=0.25, scenario_seed=1000, num_classes=10)
+    assert not torch.equal(a.poison(d, 0).poisoned, b.poison(d, 0).poisoned)
+    with pytest.raises(ConfigError, match="attack.color"):
+        DirtyLabel(name="dl", color=[1, 2])
+    with pytest.raises(ConfigError, match="pattern_path"):
+        BlendSignal(name="b", pattern_path=__file__)
