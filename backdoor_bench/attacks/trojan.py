@@ -13,6 +13,11 @@
    `size` x `size` square (seed 001 uses a square trigger). The patch replaces the pixels, as in
    BackdoorBench; seed 001's code adds its trigger array to the image instead.
 The trigger is cached by the attack config and the surrogate's spec.
+
+Known limitation: on the CIFAR-10 JPEG copy with a width-16 PreActResNet-18 surrogate the
+optimisation did not raise the chosen units (mean 0.46 -> 0.44 over 500 steps), so the trigger
+was in effect a fixed random-colour patch; TrojanNN selects neurons in an internal layer and
+uses a larger mask (a follow-up).
 """
 
 from __future__ import annotations
