@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from backdoor_bench.attacks.base import Attack
-from backdoor_bench.attacks.triggers import Patch
+from backdoor_bench.attacks.triggers import Patch, stamp_all
 from backdoor_bench.errors import ConfigError
 
 
@@ -39,9 +39,7 @@ class AdapPatch(Attack):
             p.check(*shape[1:])
 
     def apply(self, x):
-        for p in self.test_patches:
-            x = p.stamp(x)
-        return x
+        return stamp_all(self.test_patches, x)
 
     def stamp(self, x, index, generator):
         """Block b of k consecutive blocks (in index order) gets training patch b."""

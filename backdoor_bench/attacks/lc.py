@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.attacks.base import Attack
-from backdoor_bench.attacks.triggers import CORNERS, Patch
+from backdoor_bench.attacks.triggers import CORNERS, Patch, stamp_all
 from backdoor_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ class LabelConsistent(Attack):
             p.check(*shape[1:])
 
     def apply(self, x):
-        for p in self.patches:
-            x = p.stamp(x)
-        return x
+        return stamp_all(self.patches, x)
 
     def stamp(self, x, index, generator):
         return self.apply(self.perturb(x, torch.full((len(x),), self.target), generator))

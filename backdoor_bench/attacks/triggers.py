@@ -100,3 +100,10 @@ class Patch:
         p = (self.pixels(x.shape[-3]) if pixels is None else pixels).to(x.device)
         out[..., r:r + s, c:c + s] = p if float(self.alpha) == 1.0 else blend(region, p, float(self.alpha))
         return out
+
+
+def stamp_all(patches: list[Patch], x: torch.Tensor) -> torch.Tensor:
+    """Stamp several patches in order (later ones on top)."""
+    for p in patches:
+        x = p.stamp(x)
+    return x
