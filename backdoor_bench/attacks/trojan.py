@@ -74,8 +74,7 @@ class TrojanNN(Attack):
             p.requires_grad_(False)
         units = model.head.weight.abs().sum(0).topk(self.neurons).indices  # every model's head is one Linear
         x_all = tools.clean.x
-        c = x_all.shape[1]
-        h, wd = x_all.shape[-2:]
+        c, h, wd = x_all.shape[1:]
         r0, c0 = self.mask.origin(h, wd)
         s = self.mask.size
         logit = torch.zeros(c, s, s, device=tools.device, requires_grad=True)
@@ -84,11 +83,8 @@ class TrojanNN(Attack):
         for step in range(self.steps):
             idx = torch.randint(len(x_all), (min(self.batch_size, len(x_all)),), generator=g)
             x = x_all[idx].to(tools.device).float() / 255
-            region = torch.zeros_like(x)
-            region[..., r0:r0 + s, c0:c0 + s] = 1.0
-            patch = torch.zeros_like(x)
-            patch[..., r0:r0 + s, c0:c0 + s] = torch.sigmoid(logit)
-            act = model.features(x * (1 - region) + patch)[:, units]
+            x[..., r0:r0 + s, c0:c0 + s] = torch.sigmoid(logit)  # the masked pixels replaced (autograd tracks it)
+            act = model.features(x)[:, units]
             loss = ((act - self.neuron_value) ** 2).mean()
             opt.zero_grad()
             loss.backward()
