@@ -42,7 +42,8 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
     A sample is flagged when the defense removes it (`~kept`) or gives it a new label
     (`labels != given`). `tpr` = flagged poisoned / poisoned, `fpr` = flagged clean / clean,
     `precision` = poisoned among flagged; `fp` counts flagged clean samples and `fn` poisoned
-    samples left unflagged. `relabel_acc` is the share of relabeled poisoned samples that got
+    samples left unflagged. `kept_poison_rate` is the poisoned share of the samples kept (e.g. DBD's
+    labeled set). `relabel_acc` is the share of relabeled poisoned samples that got
     back their true class (seed 004, Table 2).
     """
     kept, poisoned = kept.bool(), poisoned.bool()
@@ -59,6 +60,7 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
         "n_flagged": int(flagged.sum()),
         "n_removed": int((~kept).sum()),
         "n_relabeled": int(relabeled.sum()),
+        "kept_poison_rate": _mean(poisoned[kept]),
         "relabel_acc": _mean(labels[rp] == y_true[rp]) if labels is not None else None,
     }
 

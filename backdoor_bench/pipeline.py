@@ -17,13 +17,23 @@ from omegaconf import DictConfig, OmegaConf
 import backdoor_bench
 from backdoor_bench.attacks.base import Attack, AttackTools, PoisonedSet
 from backdoor_bench.cache import ArtifactCache, atomic_write_json
+from backdoor_bench.data.augment import SimCLRViews
 from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
+from backdoor_bench.data.loader import DeviceLoader
 from backdoor_bench.defenses.base import Defense, DefenseContext
 from backdoor_bench.figures import trigger_gallery
 from backdoor_bench.metrics import attack_metrics, detection_metrics
 from backdoor_bench.models import build_model
 from backdoor_bench.results import close_logger, log_final, make_logger, versions
-from backdoor_bench.training.fit import augmentation, eval_device, fit, predict, training_spec
+from backdoor_bench.training.fit import (
+    augmentation,
+    eval_device,
+    fit,
+    predict,
+    stage_length,
+    training_spec,
+)
+from backdoor_bench.training.simclr import SimCLR
 from backdoor_bench.training.supervised import Supervised
 from backdoor_bench.validate import validate
 
@@ -75,7 +85,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
                  attack.name)
 
-    ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, out_dir)
+    ssl_backbone = ssl_trainer(cfg, cache, fit_module)
+    ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, ssl_backbone, out_dir)
     with _stage(timings, "defense"):
         outcome = defense.run(ctx)
 
@@ -135,9 +146,6 @@ def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
     `fit_module` (any Lightning module with the run's trainer), shared by attacks and defenses."""
     data_cfg, tcfg = cfg.dataset, cfg.trainer
 
-    def new_model(data: ImageSet) -> torch.nn.Module:
-        return build_model(cfg.model, data.num_classes, data.shape[0], data.mean, data.std)
-
     def fit_module(module: pl.LightningModule, data: ImageSet, name: str, max_epochs: int | None = None,
                    augment: bool = True, checkpoint: Path | None = None, **kw) -> pl.LightningModule:
         """Train any Lightning module on `data` with the run's trainer settings and augmentation."""
@@ -154,28 +162,70 @@ def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
 
         def build(checkpoint=None) -> torch.nn.Module:
             torch.manual_seed(cfg.seed)  # the same init whatever was built or loaded before
-            model = new_model(data)
+            model = _new_model(cfg, data)
             module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
                                 channels_last=bool(tcfg.channels_last), log_prefix=name)
             fit_module(module, data, name, epochs, checkpoint=checkpoint)
             return model.cpu()
 
-        if cache_spec is None or not cache.enabled:
+        if cache_spec is None:
             return build()
         spec = {**cache_spec, "data": data.fingerprint(), **_model_spec(cfg, epochs), "mean": list(data.mean),
                 "std": list(data.std), "loss": loss}
-        partial = cache.entry("model", spec) / "partial.ckpt"
-        built: list[torch.nn.Module] = []
-        payload = cache.get_or_build("model", spec,
-                                     lambda: {"state_dict": (built.append(build(partial)) or built[0]).state_dict()})
-        partial.unlink(missing_ok=True)
-        if built:
-            return built[0]
-        model = new_model(data)
-        model.load_state_dict(payload["state_dict"])
-        return model
+        return _cached_model(cache, "model", spec, build, lambda: _new_model(cfg, data))
 
     return train_model, fit_module
+
+
+def _new_model(cfg, data: ImageSet) -> torch.nn.Module:
+    return build_model(cfg.model, data.num_classes, data.shape[0], data.mean, data.std)
+
+
+def _cached_model(cache: ArtifactCache, kind: str, spec: dict, build, new) -> torch.nn.Module:
+    """`build(checkpoint)` once per `spec`, resumable from `checkpoint`; later calls load its weights
+    into `new()`."""
+    if not cache.enabled:
+        return build(None)
+    partial = cache.entry(kind, spec) / "partial.ckpt"
+    built: list[torch.nn.Module] = []
+    payload = cache.get_or_build(kind, spec, lambda: {"state_dict": (built.append(build(partial)) or built[0]).state_dict()})
+    partial.unlink(missing_ok=True)
+    if built:
+        return built[0]
+    model = new()
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def ssl_trainer(cfg, cache: ArtifactCache, fit_module):
+    """`ssl_backbone(data, ssl_cfg=None)`: a fresh `cfg.model` whose backbone SimCLR trained on the
+    unlabeled `data` (`cfg.ssl`; DESIGN.md `ctx.ssl_backbone`). Cached by data, SSL config, model
+    and seed, so DBD and the feature-space cleansers of one attack share one backbone. The head
+    is untrained."""
+    tcfg = cfg.trainer
+
+    def ssl_backbone(data: ImageSet, ssl_cfg=None) -> torch.nn.Module:
+        s = OmegaConf.to_container(ssl_cfg if ssl_cfg is not None else cfg.ssl, resolve=True)
+        epochs = stage_length(tcfg, s["epochs"])
+        spec = {"role": "ssl", "ssl": {**s, "epochs": epochs}, "data": data.fingerprint(),
+                "model": OmegaConf.to_container(cfg.model, resolve=True), "precision": str(tcfg.precision),
+                "mean": list(data.mean), "std": list(data.std), "seed": cfg.seed, "version": backdoor_bench.__version__}
+
+        def build(checkpoint=None) -> torch.nn.Module:
+            torch.manual_seed(cfg.seed)
+            model = _new_model(cfg, data)
+            views = SimCLRViews(data.shape[-1], data.shape[0], **s["augment"])
+            module = SimCLR(model, views, s["optimizer"], int(s.get("schedule_epochs") or epochs), s["temperature"],
+                            bool(s["symmetric"]), int(s["projector_dim"]), bool(tcfg.channels_last))
+            bs = int(s["batch_size"])
+            fit_module(module, data, "ssl", epochs, checkpoint=checkpoint,
+                       loader=lambda device: DeviceLoader(data.x, data.y, bs, shuffle=True, device=device,
+                                                          seed=cfg.seed, drop_last=len(data) > bs))
+            return model.cpu()
+
+        return _cached_model(cache, "ssl_backbone", spec, build, lambda: _new_model(cfg, data))
+
+    return ssl_backbone
 
 
 def _model_spec(cfg, epochs: int) -> dict:
@@ -204,7 +254,7 @@ def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_mo
 
 
 def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense, train_model, fit_module,
-             out_dir) -> DefenseContext:
+             ssl_backbone, out_dir) -> DefenseContext:
     """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
     train = poisoned.train
 
@@ -219,5 +269,9 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         n = max(1, int(round(defense.clean_fraction * len(train))))
         clean = clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
 
+    tcfg = cfg.trainer
     return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
-                          clean=clean, seed=cfg.seed, out_dir=Path(out_dir))
+                          ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg), clean=clean, seed=cfg.seed,
+                          out_dir=Path(out_dir), device=eval_device(tcfg), augment=augmentation(cfg.dataset),
+                          stage_length=lambda n, kind="epochs": stage_length(tcfg, n, kind),
+                          channels_last=bool(tcfg.channels_last))

@@ -11,7 +11,8 @@ CONF = ROOT / "conf"
 
 
 def group_members(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Every option of a config group, presets in subfolders included (e.g. `dbd/badnets`)."""
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
 
 
 @pytest.fixture

@@ -64,6 +64,11 @@ class DefenseContext:
     clean: ImageSet | None = None
     seed: int = 0
     out_dir: Path = Path(".")
+    ssl_backbone: Callable[..., torch.nn.Module] | None = None  # (ssl_cfg=None) -> SimCLR-trained model
+    device: torch.device = torch.device("cpu")  # where defenses score or embed samples
+    augment: Callable | None = None  # the dataset's training augmentation (uint8 batch, generator)
+    stage_length: Callable[..., int] = lambda n, kind="epochs": int(n)  # a stage's epochs/steps under trainer caps
+    channels_last: bool = False
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples."""

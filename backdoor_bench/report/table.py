@@ -9,13 +9,20 @@ import pandas as pd
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 METRIC_NAMES = {"acc": "ACC", "asr": "ASR", "ra": "RA", "acc_nontarget": "ACC-NT", "tpr": "TPR", "fpr": "FPR",
-                "precision": "Prec", "relabel_acc": "RelAcc", "tmr": "TMR"}
+                "precision": "Prec", "relabel_acc": "RelAcc", "tmr": "TMR",
+                "kept_poison_rate": "KeptP"}
 
 
 def _model_name(cfg: dict) -> str:
     m = cfg.get("model", {})
     name = str(m.get("_target_", "?")).rsplit(".", 1)[-1]
     return f"{name}-w{m['width']}" if "width" in m else name
+
+
+def _defense_label(d: dict) -> str | None:
+    """The defense's name; a non-default `variant` (an ablation, e.g. DBD's) as `name[variant]`."""
+    v = d.get("variant")
+    return f"{d.get('name')}[{v}]" if v not in (None, "full") else d.get("name")
 
 
 def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -30,7 +37,7 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             cfg = r.get("config", {})
             row = {
                 "run": str(path.parent), "dataset": r.get("data", {}).get("name"), "model": _model_name(cfg),
-                "attack": cfg.get("attack", {}).get("name"), "defense": cfg.get("defense", {}).get("name"),
+                "attack": cfg.get("attack", {}).get("name"), "defense": _defense_label(cfg.get("defense", {})),
                 "poison_rate": cfg.get("attack", {}).get("poison_rate"), "seed": cfg.get("seed"),
                 "time_s": r.get("timing", {}).get("total"),
             }

@@ -19,7 +19,7 @@ from backdoor_bench.data.loader import DeviceLoader
 log = logging.getLogger(__name__)
 
 # trainer keys that change how fast a model trains, not which model comes out
-EXECUTION_KEYS = {"name", "accelerator", "devices", "progress_bar", "log_every_n_steps", "eval_batch_size",
+EXECUTION_KEYS = {"name", "max_stage_epochs", "max_stage_steps", "accelerator", "devices", "progress_bar", "log_every_n_steps", "eval_batch_size",
                   "test_subset"}
 
 
@@ -82,24 +82,36 @@ def _usable(checkpoint: Path) -> bool:
 
 def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, max_epochs: int,
         augment=None, seed: int = 0, logger=None, checkpoint: Path | None = None,
-        extras: dict | None = None, batch_size: int | None = None, callbacks=()) -> pl.LightningModule:
+        extras: dict | None = None, batch_size: int | None = None, callbacks=(),
+        loader=None) -> pl.LightningModule:
     """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
 
     Data moves to the training device once; `augment` runs there on whole batches. With
     `checkpoint`, a checkpoint is written after each epoch and an existing one is resumed from,
     so an interrupted run continues where it stopped (from the last finished epoch; the shuffling
-    order after a resume differs from an uninterrupted run's).
+    order after a resume differs from an uninterrupted run's). `loader(device)`, when given,
+    builds the batches instead of a shuffled `DeviceLoader` over `x`, `y` (e.g. MixMatch's).
     """
     callbacks = [*callbacks, *([_SaveEachEpoch(checkpoint)] if checkpoint is not None else [])]
     trainer = make_trainer(tcfg, max_epochs, logger, callbacks)
-    loader = DeviceLoader(x, y, batch_size or tcfg.batch_size, shuffle=True, augment=augment,
-                          device=device_of(trainer), seed=seed, extras=extras)
+    if loader is not None:
+        loader = loader(device_of(trainer))
+    else:
+        loader = DeviceLoader(x, y, batch_size or tcfg.batch_size, shuffle=True, augment=augment,
+                              device=device_of(trainer), seed=seed, extras=extras)
     ckpt_path = None
     if checkpoint is not None and _usable(checkpoint):
         log.info("resuming training from %s", checkpoint)
         ckpt_path = str(checkpoint)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return module
+
+
+def stage_length(tcfg, n: int, kind: str = "epochs") -> int:
+    """A defense or SSL stage's epochs (or steps per epoch) under the trainer's cap
+    (`trainer.max_stage_epochs` / `max_stage_steps`; `trainer=tiny` caps them to seconds)."""
+    cap = tcfg.get(f"max_stage_{kind}")
+    return max(1, min(int(n), int(cap)) if cap is not None else int(n))
 
 
 def augmentation(dcfg) -> CropFlip | None:
@@ -134,3 +146,22 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, devi
             out.append(model(xb.float().div_(255)).argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def per_sample_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 512,
+                    device="cpu", augment=None, seed: int = 0) -> torch.Tensor:
+    """`loss_fn(logits, y, reduction="none")` for every sample, the model in eval mode; with
+    `augment`, on one augmented view of each uint8 image (loss-ranking defenses, e.g. DBD)."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval().to(device)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if augment is not None:
+            xb = augment(xb, generator)
+        out.append(loss_fn(model(xb.float().div_(255)), y[i:i + batch_size].to(device), reduction="none").cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

@@ -60,7 +60,7 @@ def test_attacks_instantiate_and_trigger_uint8(compose, name):
 @pytest.mark.parametrize("name", group_members("defense"))
 def test_defenses_instantiate(compose, name):
     d = instantiate(compose(f"defense={name}").defense)
-    assert d.name == name and hasattr(d, "run")
+    assert d.name == name.split("/")[0] and hasattr(d, "run")  # a preset keeps its defense's name
 
 
 def test_trainer_scales_differ(compose):
