@@ -54,3 +54,22 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Tensor, path: Path,
+                    title: str = "") -> Path:
+    """A defense's per-sample scores (higher = more suspicious), clean and poisoned samples apart,
+    with the kept samples' range shaded: where the verdict's line falls between the two."""
+    scores, poisoned, kept = scores.float(), poisoned.bool(), kept.bool()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = torch.linspace(float(scores.min()), float(scores.max()) + 1e-6, 41).tolist()
+    ax.hist(scores[~poisoned].tolist(), bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})")
+    ax.hist(scores[poisoned].tolist(), bins=bins, alpha=0.6, label=f"poisoned ({int(poisoned.sum())})", color="C3")
+    if kept.any() and (~kept).any():
+        ax.axvspan(float(scores[kept].min()), float(scores[kept].max()), color="C2", alpha=0.1, label="kept")
+    ax.set_yscale("log")
+    ax.set_xlabel("score (higher = more suspicious)")
+    ax.set_ylabel("samples")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ from backdoor_bench.data.augment import SimCLRViews
 from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
 from backdoor_bench.data.loader import DeviceLoader
 from backdoor_bench.defenses.base import Defense, DefenseContext
-from backdoor_bench.figures import trigger_gallery
+from backdoor_bench.figures import score_histogram, trigger_gallery
 from backdoor_bench.metrics import attack_metrics, detection_metrics
 from backdoor_bench.models import build_model
 from backdoor_bench.results import close_logger, log_final, make_logger, versions
@@ -125,6 +125,13 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
                                                     out_dir / "trigger_gallery.png")
     except Exception as e:  # a figure never costs a result
         log.warning("could not draw the trigger gallery: %s", e)
+    if outcome.verdict is not None and outcome.verdict.scores is not None:
+        try:
+            images["score_histogram"] = score_histogram(
+                outcome.verdict.scores, poisoned.poisoned, outcome.verdict.kept, out_dir / "score_histogram.png",
+                f"{defense.name} scores, {attack.name} (kept: {int(outcome.verdict.kept.sum())})")
+        except Exception as e:
+            log.warning("could not draw the score histogram: %s", e)
     log_final(logger, results, images)
     return results
 

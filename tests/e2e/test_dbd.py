@@ -20,6 +20,7 @@ def test_dbd_runs_and_reports_its_labeled_set(run_cli):
     assert d["n_removed"] == 128 and d["n_relabeled"] == 0  # epsilon 0.5 of 256 samples stays labeled
     assert 0 <= d["kept_poison_rate"] <= 1 and d["tp"] + d["fn"] == r["data"]["n_poisoned"]
     assert {"train/ssl", "train/dbd_warmup", "train/dbd_mixmatch"} <= set(r["timing"])
+    assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
     assert r["defense_extra"] == {"variant": "full", "loss": "sce", "warmup_epochs": 2, "finetune_epochs": 2,
                                   "iterations": 2}
     # a second defense on the same poisoned set reuses the SSL backbone

@@ -76,3 +76,17 @@ def test_cli_writes_csv_latex_and_figure(runs_dir, tmp_path, capsys):
     assert (out / "table.csv").exists() and "tabular" in (out / "table.tex").read_text()
     assert (out / "bars.png").stat().st_size > 1000
     assert report_main([str(tmp_path / "missing")]) == 2
+
+
+def test_defense_variants_get_their_own_columns_and_reference(tmp_path):
+    write_run(tmp_path, "0", "badnets", "dbd", 0.90, 0.01)
+    write_run(tmp_path, "1", "badnets", "dbd", 0.80, 0.05)
+    r = json.loads((tmp_path / "1" / "results.json").read_text())
+    r["config"]["defense"]["variant"] = "ss_ce"
+    (tmp_path / "1" / "results.json").write_text(json.dumps(r))
+    t = paper_table(load_runs([tmp_path])[0])
+    assert [c[0] for c in t.columns] == ["dbd", "dbd", "dbd[ss_ce]", "dbd[ss_ce]"]
+    ref = with_reference(t, read_reference("dbd/table3"))
+    assert ref.loc["badnets", ("dbd[ss_ce]", "ASR", "paper")] == pytest.approx(5.20)
+    assert ref.loc["badnets", ("dbd", "ACC", "paper")] == pytest.approx(92.41)
+    assert ref.loc["badnets", ("dbd[ss_ce]", "ACC", "delta")] == pytest.approx(80.0 - 82.25)
