@@ -86,7 +86,7 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
                  attack.name)
 
     ssl_backbone = ssl_trainer(cfg, cache, fit_module)
-    ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, ssl_backbone, out_dir)
+    ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, ssl_backbone, cache, out_dir)
     with _stage(timings, "defense"):
         outcome = defense.run(ctx)
 
@@ -261,7 +261,7 @@ def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_mo
 
 
 def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense, train_model, fit_module,
-             ssl_backbone, out_dir) -> DefenseContext:
+             ssl_backbone, cache: ArtifactCache, out_dir) -> DefenseContext:
     """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
     train = poisoned.train
 
@@ -277,8 +277,22 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         clean = clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
 
     tcfg = cfg.trainer
+
+    def stage_checkpoint(stage: str) -> Path | None:
+        """Where a long defense stage keeps its per-epoch checkpoint, keyed by everything that
+        determines it, so rerunning an interrupted run resumes the stage (None: cache off)."""
+        if not cache.enabled:
+            return None
+        spec = {"stage": stage, "defense": OmegaConf.to_container(cfg.defense, resolve=True),
+                "ssl": OmegaConf.to_container(cfg.ssl, resolve=True), "data": train.fingerprint(),
+                "caps": [tcfg.get("max_stage_epochs"), tcfg.get("max_stage_steps")],
+                **_model_spec(cfg, int(tcfg.max_epochs))}
+        entry = cache.entry("defense_stage", spec)
+        entry.mkdir(parents=True, exist_ok=True)
+        return entry / "partial.ckpt"
+
     return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
                           ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg), clean=clean, seed=cfg.seed,
                           out_dir=Path(out_dir), device=eval_device(tcfg), augment=augmentation(cfg.dataset),
                           stage_length=lambda n, kind="epochs": stage_length(tcfg, n, kind),
-                          channels_last=bool(tcfg.channels_last))
+                          channels_last=bool(tcfg.channels_last), stage_checkpoint=stage_checkpoint)

@@ -69,6 +69,7 @@ class DefenseContext:
     augment: Callable | None = None  # the dataset's training augmentation (uint8 batch, generator)
     stage_length: Callable[..., int] = lambda n, kind="epochs": int(n)  # a stage's epochs/steps under trainer caps
     channels_last: bool = False
+    stage_checkpoint: Callable[[str], Path | None] = lambda stage: None  # resumable per-epoch checkpoint path
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples."""

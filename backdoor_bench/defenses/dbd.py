@@ -99,6 +99,8 @@ class DBD(Defense):
             extra["tune_epochs"] = tune
         else:
             extra.update(self._finetune(ctx, model, split, warmup))
+            if "kept" not in state:  # resumed from a checkpoint of the finished stage: judge once now
+                split()
         verdict = Verdict(kept=state["kept"], scores=state["scores"])
         return Outcome(model=model, verdict=verdict, extra=extra)
 
@@ -122,7 +124,10 @@ class DBD(Defense):
                           alpha=float(m["alpha"]), lambda_u=float(m["lambda_u"]),
                           rampup_epochs=float(m["rampup_epochs"]), epoch_offset=warmup,
                           channels_last=ctx.channels_last)
-        ctx.fit(module, ctx.train, "dbd_mixmatch", epochs,
+        checkpoint = ctx.stage_checkpoint("dbd_mixmatch")  # an interrupted run resumes here
+        ctx.fit(module, ctx.train, "dbd_mixmatch", epochs, checkpoint=checkpoint,
                 loader=lambda device: SemiLoader(ctx.train.x, ctx.train.y, split, int(m["batch_size"]), iterations,
                                                  int(m["K"]), ctx.augment, device=device, seed=ctx.seed))
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         return {"finetune_epochs": epochs, "iterations": iterations}
