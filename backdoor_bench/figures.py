@@ -59,8 +59,10 @@ def save_figure(fig, path: Path) -> Path:
 def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Tensor, path: Path,
                     title: str = "") -> Path:
     """A defense's per-sample scores (higher = more suspicious), clean and poisoned samples apart,
-    with the kept samples' range shaded: where the verdict's line falls between the two."""
-    scores, poisoned, kept = scores.float(), poisoned.bool(), kept.bool()
+    with the kept samples' range shaded: where the verdict's line falls between the two. Samples
+    a defense did not score (NaN, e.g. outside flow_relabel's flagged classes) are left out."""
+    ok = torch.isfinite(scores.float())  # unscored samples (NaN) are left out
+    scores, poisoned, kept = scores.float()[ok], poisoned.bool()[ok], kept.bool()[ok]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bins = torch.linspace(float(scores.min()), float(scores.max()) + 1e-6, 41).tolist()
     ax.hist(scores[~poisoned].tolist(), bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})")
@@ -72,4 +74,25 @@ def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Te
     ax.set_ylabel("samples")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def foreign_density_histograms(v: torch.Tensor, y: torch.Tensor, mus: torch.Tensor, flagged: torch.Tensor,
+                               path: Path, bins: int = 30) -> Path:
+    """Seed 004's Figure 3: per class, the maximum foreign log-density of its samples, with the
+    valley mu that splits off the outliers; flagged classes in red."""
+    classes = sorted(set(y.tolist()))
+    cols = min(5, len(classes))
+    rows = (len(classes) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 1.9 * rows), squeeze=False)
+    for ax, c in zip(axes.flat, classes):
+        vc = v[y == c]
+        ax.hist(vc.tolist(), bins=bins, color="C3" if bool(flagged[c]) else "C0")
+        ax.axvline(float(mus[c]), color="k", lw=0.8, ls="--")
+        ax.set_title(f"class {c}" + (" (flagged)" if bool(flagged[c]) else ""), fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(classes):]:
+        ax.axis("off")
+    fig.suptitle("max foreign log-density v per class (dashed: valley mu)", fontsize=9)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -88,15 +88,19 @@ def read_reference(name_or_path: str) -> pd.DataFrame:
 
 
 def with_reference(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Interleave ours, the paper's and ours-minus-paper for every (defense, metric) column."""
-    ref = reference.set_index(["attack", "defense"])
+    """Interleave ours, the paper's and ours-minus-paper for every (defense, metric) column. A
+    reference with a `poison_rate` column is matched on the rate too when the table has one."""
+    by_rate = "poison_rate" in reference.columns and "poison_rate" in (table.index.names or [])
+    ref = reference.set_index(["attack", "defense", *(["poison_rate"] if by_rate else [])])
+    attacks = table.index.get_level_values(-1)  # the row key is the innermost level
+    rates = table.index.get_level_values("poison_rate") if by_rate else [None] * len(table)
     cols, data = [], {}
     for defense, mname in table.columns:
         metric = next((k for k, v in METRIC_NAMES.items() if v == mname), mname)
         ours = table[(defense, mname)]
-        attacks = table.index.get_level_values(-1)  # the row key is the innermost level
-        paper = pd.Series([ref[metric].get((a, defense), float("nan")) if metric in ref else float("nan")
-                           for a in attacks], index=table.index, dtype=float)
+        paper = pd.Series([ref[metric].get((a, defense, float(r)) if by_rate else (a, defense), float("nan"))
+                           if metric in ref else float("nan") for a, r in zip(attacks, rates)],
+                          index=table.index, dtype=float)
         for kind, values in (("ours", ours), ("paper", paper), ("delta", ours - paper)):
             cols.append((defense, mname, kind))
             data[(defense, mname, kind)] = values

@@ -165,3 +165,15 @@ def per_sample_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
         out.append(loss_fn(model(xb.float().div_(255)), y[i:i + batch_size].to(device), reduction="none").cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
+    """`model.features` (the penultimate vector) of uint8 images `x`, model in eval mode, on CPU."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    out = [model.features(x[i:i + batch_size].to(device).float().div_(255)).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

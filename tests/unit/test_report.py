@@ -90,3 +90,14 @@ def test_defense_variants_get_their_own_columns_and_reference(tmp_path):
     assert ref.loc["badnets", ("dbd[ss_ce]", "ASR", "paper")] == pytest.approx(5.20)
     assert ref.loc["badnets", ("dbd", "ACC", "paper")] == pytest.approx(92.41)
     assert ref.loc["badnets", ("dbd[ss_ce]", "ACC", "delta")] == pytest.approx(80.0 - 82.25)
+
+
+def test_reference_matched_on_poison_rate(tmp_path):
+    for i, (rate, asr) in enumerate([(0.01, 0.5), (0.2, 0.9)]):
+        write_run(tmp_path, str(i), "badnets", "none", 0.9, asr)
+        r = json.loads((tmp_path / str(i) / "results.json").read_text())
+        r["config"]["attack"]["poison_rate"] = rate
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(r))
+    t = with_reference(paper_table(load_runs([tmp_path])[0]), read_reference("flows/table4"))
+    assert t.loc[(0.01, "badnets"), ("none", "ASR", "paper")] == pytest.approx(99.96)
+    assert t.loc[(0.2, "badnets"), ("none", "ASR", "delta")] == pytest.approx(90.0 - 100)

@@ -1,0 +1,198 @@
+"""Per-class normalizing flows on self-supervised features, then relabeling (seed 004: Sabolic,
+Grubisic, Segvic, ICLR'24 submission; specs/seed_methods.md E).
+
+1. Features z: the shared SimCLR backbone's (`ctx.ssl_backbone()`; `variant=supervised` uses the
+   backdoored model's, Table 3), L2-normalised and standardised per dimension (spec E.1.1).
+2. One flow per class, fitted on that class's features (Sec. 4.3, Eq. 2); L[i, c] = log p_c(z_i).
+3. Target classes (Sec. 4.4):
+   - non-disruptive: Eq. 3 defines S_ND(y) as the mean NLL of class y's flow over foreign
+     samples, flagged below beta_ND = 0.6. A raw NLL has no scale on which 0.6 means anything
+     (it grows with the dimension and with how a flow extrapolates), so by default
+     (`nd_score: consistency`) S_ND(y) is spec E.1.4's label consistency: the share of class y's
+     samples that the generative classifier assigns to y. Clean classes score about the SSL
+     probe accuracy; the target class loses its poisoned share. `nd_score: foreign_nll` is
+     Eq. 3 divided by its maximum over classes, flagged below beta_ND.
+   - disruptive: v_y(z) = max over other classes of log p (Eq. 4); mu_y = the minimum of a 30-bin
+     histogram of class y's v values left of the `lam` point of its range; S_D(y) = the share
+     below mu_y (Eq. 5). The text says both "exceeds beta_D" and "less than beta_D"; S_D is an
+     outlier mass (about 0 on clean classes), so we flag S_D > beta_D (`sd_direction: gt`, spec
+     E.2's sanity rule; "lt" is the other reading).
+4. Poisoning score s_y(z) = log p_y(z) - max_{y' != y} log p_y'(z) (Eq. 6, in logs). In a flagged
+   class, the `alpha` share most suspicious becomes D_P (non-disruptive: lowest score;
+   disruptive: highest), the `alpha` share least suspicious stays clean, the middle is ignored
+   (removed) (Sec. 4.6).
+5. D_P is relabeled to argmax_{y' != y} p_y'(z) in the non-disruptive case (Eq. 7) and removed in
+   the disruptive case (Table 2: relabeling only occurs for non-disruptive attacks). Then the
+   shared retrain.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
+from backdoor_bench.errors import ConfigError
+from backdoor_bench.figures import foreign_density_histograms
+from backdoor_bench.training.fit import extract_features
+from backdoor_bench.training.flows import fit_flow, log_density_matrix, make_flow
+
+log = logging.getLogger(__name__)
+
+
+def standardize(h: torch.Tensor) -> torch.Tensor:
+    """L2-normalise each feature vector, then standardise every dimension over the set."""
+    z = F.normalize(h.float(), dim=1)
+    return (z - z.mean(0)) / z.std(0).clamp_min(1e-6)
+
+
+def foreign_nll(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 as written: the mean NLL of class c's flow over the samples not labeled c."""
+    C = L.shape[1]
+    return torch.stack([-L[y != c, c].mean() if (y != c).any() else torch.tensor(float("nan")) for c in range(C)])
+
+
+def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spec E.1.4's S_ND(c): the share of class c's samples that the generative classifier
+    (argmax_k log p_k(z) + log prior_k, prior = class frequencies) assigns to c."""
+    C = L.shape[1]
+    prior = torch.bincount(y, minlength=C).float().clamp_min(1).log()
+    pred = (L + prior).argmax(1)
+    return torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
+                        for c in range(C)])
+
+
+def foreign_max(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """v(z_i) = max over classes c != y_i of log p_c(z_i) (Eq. 4, in logs)."""
+    return L.scatter(1, y[:, None], float("-inf")).max(1).values
+
+
+def histogram_valley(v: torch.Tensor, lam: float = 0.75, bins: int = 30) -> float:
+    """mu: the centre of the emptiest of `bins` equal-width bins left of min + lam * (max - min)
+    (Eq. 5's step iii; the leftmost such bin on ties)."""
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    counts = torch.histc(v.float(), bins=bins, min=lo, max=hi)
+    width = (hi - lo) / bins
+    centres = lo + width * (torch.arange(bins) + 0.5)
+    left = centres < lo + lam * (hi - lo)
+    if not left.any():
+        return lo
+    i = int(torch.where(left, counts, torch.full_like(counts, float("inf"))).argmin())
+    return float(centres[i])
+
+
+def d_scores(L: torch.Tensor, y: torch.Tensor, lam: float = 0.75, bins: int = 30):
+    """(S_D per class, mu per class): the share of class c's samples whose foreign maximum v lies
+    below the histogram valley mu_c (Eq. 5)."""
+    v = foreign_max(L, y)
+    s, mus = [], []
+    for c in range(L.shape[1]):
+        vc = v[y == c]
+        mu = histogram_valley(vc, lam, bins) if len(vc) else float("nan")
+        mus.append(mu)
+        s.append(float((vc < mu).float().mean()) if len(vc) else float("nan"))
+    return torch.tensor(s), torch.tensor(mus)
+
+
+def poisoning_score(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log s_y(z) = log p_y(z) - max_{y' != y} log p_y'(z) (Eq. 6)."""
+    return L.gather(1, y[:, None]).squeeze(1) - foreign_max(L, y)
+
+
+class FlowRelabel(Defense):
+    """Args: `variant` (`full`: SSL features; `supervised`: the backdoored model's, Table 3),
+    `beta_nd` (0.6), `beta_d` (0.05), `lam` (0.75), `alpha` (0.15), `sd_direction` (gt | lt),
+    `nd_score` (consistency | foreign_nll), `bins` (30), `flow` (hidden, transforms, epochs, batch_size,
+    lr, betas)."""
+
+    def __init__(self, name: str = "flow_relabel", variant: str = "full", beta_nd: float = 0.6,
+                 beta_d: float = 0.05, lam: float = 0.75, alpha: float = 0.15, sd_direction: str = "gt",
+                 nd_score: str = "consistency", bins: int = 30, flow: dict | None = None, **kw):
+        super().__init__(name=name, **kw)
+        if variant not in ("full", "supervised"):
+            raise ConfigError(f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised")
+        if sd_direction not in ("gt", "lt"):
+            raise ConfigError(f"defense.sd_direction={sd_direction!r} is unknown: use gt or lt")
+        if nd_score not in ("consistency", "foreign_nll"):
+            raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use consistency or foreign_nll")
+        if not 0 < float(alpha) <= 0.5:
+            raise ConfigError(f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
+                              "poisoned (and as many called clean)")
+        self.variant, self.beta_nd, self.beta_d, self.lam, self.alpha = variant, float(beta_nd), float(beta_d), \
+            float(lam), float(alpha)
+        self.sd_direction, self.nd_score, self.bins = sd_direction, nd_score, int(bins)
+        self.flow = {"hidden": 512, "transforms": 2, "epochs": 50, "batch_size": 16, "lr": 1e-3,
+                     "betas": [0.9, 0.99], **(flow or {})}
+
+    def features(self, ctx: DefenseContext) -> torch.Tensor:
+        if self.variant == "supervised":
+            model = copy.deepcopy(ctx.backdoored_model())
+        elif ctx.ssl_backbone is None:
+            raise RuntimeError("flow_relabel needs ctx.ssl_backbone: run it through the pipeline")
+        else:
+            model = ctx.ssl_backbone()
+        return standardize(extract_features(model, ctx.train.x, device=ctx.device))
+
+    def run(self, ctx: DefenseContext) -> Outcome:
+        z = self.features(ctx)
+        verdict, extra, v, mus, flagged = self.cleanse(z, ctx.train.y, ctx.train.num_classes, ctx.seed,
+                                                       ctx.stage_length(int(self.flow["epochs"])))
+        self._figure(ctx, v, ctx.train.y, mus, flagged)
+        return Outcome(model=ctx.retrain(verdict), verdict=verdict, extra=extra)
+
+    def cleanse(self, z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0, epochs: int | None = None):
+        """Steps 2-5 on features `z` with given labels `y`: (verdict, extra, v, mu, flagged classes)."""
+        f = self.flow
+        epochs = int(epochs or f["epochs"])
+        flows = []
+        for c in range(num_classes):
+            torch.manual_seed(seed + c)
+            flow = make_flow(z.shape[1], int(f["hidden"]), int(f["transforms"]))
+            nll = fit_flow(flow, z[y == c], epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], seed + c)
+            log.info("flow for class %d: %d samples, NLL %.2f after %d epochs", c, int((y == c).sum()), nll[-1], epochs)
+            flows.append(flow)
+        L = log_density_matrix(flows, z)
+        if self.nd_score == "consistency":
+            s_nd = label_consistency(L, y)
+        else:
+            nll = foreign_nll(L, y)
+            s_nd = nll / nll.max()
+        s_d, mus = d_scores(L, y, self.lam, self.bins)
+        nd_flag = s_nd < self.beta_nd
+        d_flag = (s_d > self.beta_d) if self.sd_direction == "gt" else (s_d < self.beta_d)
+        d_flag &= ~nd_flag  # the non-disruptive test comes first (Sec. 4.4)
+        score = poisoning_score(L, y)
+        kept, labels = torch.ones(len(y), dtype=torch.bool), y.clone()
+        suspicion = torch.full((len(y),), float("nan"))
+        foreign = L.scatter(1, y[:, None], float("-inf")).argmax(1)  # argmax_{y' != y} p_y'(z)
+        for c in (nd_flag | d_flag).nonzero().flatten().tolist():
+            idx = (y == c).nonzero().flatten()
+            sus = -score[idx] if nd_flag[c] else score[idx]  # higher = more suspicious
+            suspicion[idx] = sus
+            order = idx[torch.argsort(sus, descending=True, stable=True)]
+            n = int(round(self.alpha * len(idx)))
+            poisoned, ignored = order[:n], order[n:len(idx) - n]
+            kept[ignored] = False
+            if nd_flag[c]:
+                labels[poisoned] = foreign[poisoned]
+            else:
+                kept[poisoned] = False
+        log.info("flow_relabel: ND-flagged %s, D-flagged %s; %d relabeled, %d removed",
+                 nd_flag.nonzero().flatten().tolist(), d_flag.nonzero().flatten().tolist(),
+                 int((kept & (labels != y)).sum()), int((~kept).sum()))
+        extra = {"s_nd": s_nd.tolist(), "s_d": s_d.tolist(), "mu": mus.tolist(),
+                 "nd_flagged": nd_flag.nonzero().flatten().tolist(), "d_flagged": d_flag.nonzero().flatten().tolist(),
+                 "flow_epochs": epochs}
+        return Verdict(kept=kept, labels=labels, scores=suspicion), extra, foreign_max(L, y), mus, nd_flag | d_flag
+
+    def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
+        """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
+        try:
+            foreign_density_histograms(v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins)
+        except Exception as e:  # a figure never costs a result
+            log.warning("could not draw the foreign-density histograms: %s", e)

@@ -1,0 +1,60 @@
+"""ssl_knn and flow_relabel end to end through run.py at trainer=tiny."""
+
+import json
+
+import pytest
+
+
+def results(p):
+    return json.loads((p.out_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("defense", ["ssl_knn", "flow_relabel"])
+def test_cleanser_runs_end_to_end(run_cli, defense):
+    p = run_cli(f"defense={defense}", "trainer=tiny")
+    r = results(p)
+    d = r["detection"]
+    assert d is not None and {"tpr", "fpr", "precision", "n_relabeled", "relabel_acc"} <= set(d)
+    assert "train/retrain" in r["timing"] and "train/ssl" in r["timing"]
+    if defense == "flow_relabel":
+        extra = r["defense_extra"]
+        assert len(extra["s_nd"]) == 10 and len(extra["s_d"]) == 10
+        assert (p.out_dir / "foreign_density.png").stat().st_size > 1000
+    else:
+        assert r["defense_extra"]["k"] == 50
+        assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
+
+
+def test_flow_relabel_on_supervised_features(run_cli):
+    r = results(run_cli("defense=flow_relabel", "defense.variant=supervised", "trainer=tiny"))
+    assert "train/backdoored" in r["timing"] and "train/ssl" not in r["timing"]
+
+
+def _points(experiment: str) -> int:
+    """How many points an experiment's sweep has: the product of its comma-separated values."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    n = 1
+    for v in params.values():
+        n *= len(str(v).split(","))
+    return n
+
+
+@pytest.mark.parametrize("experiment", ["flows/table1", "flows/table3", "flows/table4", "ssl_knn/cifar10"])
+def test_cleanser_experiment_runs_at_tiny_scale(run_cli, tmp_path, experiment):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    p = run_cli(f"experiment={experiment}", "trainer=tiny", "dataset=digits", "model=small_cnn", multirun=True,
+                timeout=1500)
+    assert len(list(p.out_dir.rglob("results.json"))) == _points(experiment) and not list(p.out_dir.rglob("error.json"))
+    ref = [] if experiment.startswith("ssl_knn") else ["--reference", experiment]
+    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), *ref, "--metrics",
+                          "acc,asr,tpr,fpr,relabel_acc"], cwd=ROOT, capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    assert ("paper" in rep.stdout) == bool(ref)

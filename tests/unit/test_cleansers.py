@@ -1,0 +1,120 @@
+"""The self-supervised-feature cleansers: kNN label consistency (seed 000, reconstruction) and
+per-class flows (seed 004), on hand-made features."""
+
+import math
+
+import pytest
+import torch
+
+from backdoor_bench.defenses.flow_relabel import (
+    FlowRelabel,
+    d_scores,
+    histogram_valley,
+    label_consistency,
+)
+from backdoor_bench.defenses.ssl_knn import knn_consistency, knn_indices
+from backdoor_bench.errors import ConfigError
+from backdoor_bench.training.flows import log_density_matrix, make_flow
+
+
+def test_knn_neighbours_and_consistency_exact():
+    h = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0], [0.1, 0.9]])
+    nn = knn_indices(h, 2)
+    assert nn.tolist()[0] == [1, 2] and set(nn.tolist()[3]) == {4, 2}  # self excluded, cosine order
+    y = torch.tensor([0, 0, 1, 1, 1])
+    s, majority, share = knn_consistency(nn, y, 2)
+    assert s.tolist() == [0.5, 0.5, 0.0, 1.0, 1.0]  # sample 2 (label 1) sits among the 0s
+    assert majority[2] == 0 and share[2] == 1.0
+    assert majority[3] == 1 and share[3] == 1.0
+
+
+def test_knn_flags_a_planted_label_flip():
+    torch.manual_seed(0)
+    centres = torch.eye(3) * 5
+    h = torch.cat([centres[c] + torch.randn(30, 3) * 0.3 for c in range(3)])
+    y = torch.arange(3).repeat_interleave(30)
+    y_given = y.clone()
+    y_given[:5] = 2  # five class-0 samples labeled as the target 2
+    s, majority, share = knn_consistency(knn_indices(h, 10), y_given, 3)
+    flagged = s < 0.5
+    assert flagged[:5].all() and not flagged[5:].any()
+    assert (majority[:5] == 0).all()  # relabeled back to their true class
+
+
+def test_flow_log_density_is_the_gaussian_when_the_couplings_are_identity():
+    flow = make_flow(4, hidden=8, transforms=2)
+    for coupling in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
+        for p in coupling.hyper[-1].parameters():
+            torch.nn.init.zeros_(p)
+    z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 3.0]])
+    expected = -0.5 * (z ** 2).sum(1) - 2 * math.log(2 * math.pi)
+    assert torch.allclose(log_density_matrix([flow], z).squeeze(1), expected, atol=1e-5)
+
+
+def test_histogram_valley_and_sd_on_a_bimodal_class():
+    v = torch.cat([torch.full((10,), -100.0), torch.linspace(-10, 0, 90)])
+    mu = histogram_valley(v, lam=0.75, bins=30)
+    assert -100 < mu < -10
+    L = torch.stack([torch.zeros(100), v], 1)  # class 0's samples; class 1's flow gives v
+    s_d, mus = d_scores(L, torch.zeros(100, dtype=torch.long), lam=0.75, bins=30)
+    assert s_d[0].item() == pytest.approx(0.10)
+
+
+def test_label_consistency_exact():
+    L = torch.tensor([[0.0, -5.0], [-5.0, 0.0], [-5.0, 0.0], [-5.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])  # sample 1 looks like class 1 but is labeled 0
+    assert label_consistency(L, y).tolist() == [0.5, 1.0]
+
+
+MEANS = torch.tensor([[0.0, 0.0], [4.0, 0.0], [2.0, 3.464]])
+
+
+def _clusters(extra_z=None, n=300):
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([MEANS[c] + 0.3 * torch.randn(n, 2, generator=g) for c in range(3)])
+    y = torch.arange(3).repeat_interleave(n)
+    if extra_z is not None:
+        z, y = torch.cat([z, extra_z]), torch.cat([y, torch.zeros(len(extra_z), dtype=torch.long)])
+    return z, y
+
+
+def _defense():
+    return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32})
+
+
+def test_flows_flag_no_class_on_clean_features():
+    z, y = _clusters()
+    verdict, extra, *_ = _defense().cleanse(z, y, 3)
+    assert extra["nd_flagged"] == [] and extra["d_flagged"] == []
+    assert verdict.kept.all() and torch.equal(verdict.labels, y)
+
+
+def test_flows_relabel_a_non_disruptive_poison_to_its_source():
+    g = torch.Generator().manual_seed(1)
+    poison = torch.cat([MEANS[1] + 0.3 * torch.randn(150, 2, generator=g),
+                        MEANS[2] + 0.3 * torch.randn(150, 2, generator=g)])  # labeled 0, look like 1 and 2
+    z, y = _clusters(poison)
+    verdict, extra, *_ = _defense().cleanse(z, y, 3)
+    assert extra["nd_flagged"] == [0] and extra["d_flagged"] == []
+    is_poison = torch.arange(len(y)) >= 900
+    relabeled = verdict.kept & (verdict.labels != y)
+    assert relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95  # almost only poisoned ones
+    true = torch.cat([torch.arange(3).repeat_interleave(300), torch.tensor([1] * 150 + [2] * 150)])
+    assert (verdict.labels[relabeled] == true[relabeled]).float().mean() > 0.9
+    assert not verdict.kept[~is_poison & (y != 0)].logical_not().any()  # other classes untouched
+
+
+def test_flows_remove_a_disruptive_poison_cluster():
+    g = torch.Generator().manual_seed(2)
+    z, y = _clusters(torch.tensor([12.0, 12.0]) + 0.1 * torch.randn(200, 2, generator=g))
+    verdict, extra, *_ = _defense().cleanse(z, y, 3)
+    assert extra["d_flagged"] == [0] and extra["nd_flagged"] == []
+    is_poison = torch.arange(len(y)) >= 900
+    assert not verdict.kept[is_poison].any() and (verdict.labels == y).all()
+
+
+@pytest.mark.parametrize("kw, key", [({"variant": "clip"}, "variant"), ({"sd_direction": "ge"}, "sd_direction"),
+                                     ({"alpha": 0.7}, "alpha"), ({"nd_score": "x"}, "nd_score")])
+def test_flow_relabel_rejects_bad_settings(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        FlowRelabel(**kw)
