@@ -80,7 +80,8 @@ class DBD(Defense):
 
         def split() -> torch.Tensor:
             """Rank every training sample by its loss; the lowest `epsilon` share is labeled."""
-            state["scores"] = per_sample_loss(model, ctx.train.x, ctx.train.y, score_fn, device=ctx.device,
+            device = next(model.parameters()).device  # inside a fit: the trainer's device
+            state["scores"] = per_sample_loss(model, ctx.train.x, ctx.train.y, score_fn, device=device,
                                               augment=ctx.augment if self.score_augment else None,
                                               seed=ctx.seed + len(state.get("history", [])))
             state["kept"] = high_credible(state["scores"], self.epsilon)

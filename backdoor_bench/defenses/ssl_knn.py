@@ -38,10 +38,15 @@ def knn_indices(h: torch.Tensor, k: int, batch_size: int = 1024) -> torch.Tensor
     return torch.cat(out)
 
 
-def knn_consistency(neighbours: torch.Tensor, y: torch.Tensor, num_classes: int):
+def knn_consistency(neighbours: torch.Tensor, y: torch.Tensor, num_classes: int,
+                    voters: torch.Tensor | None = None):
     """(s, majority, majority_share): the share of each sample's neighbours with its label, the
-    neighbours' most common label (ties: the smallest) and that label's share."""
-    votes = F.one_hot(y[neighbours], num_classes).sum(1).float() / neighbours.shape[1]  # [N, C]
+    neighbours' most common label and that label's share. Only `voters` (bool [N], default all)
+    count; a sample without voting neighbours gets s = majority_share = 0."""
+    onehot = F.one_hot(y[neighbours], num_classes).float()  # [N, k, C]
+    if voters is not None:
+        onehot = onehot * voters[neighbours].float()[..., None]
+    votes = onehot.sum(1) / onehot.sum((1, 2)).clamp_min(1)[:, None]  # [N, C]
     share, majority = votes.max(1)
     return votes.gather(1, y[:, None]).squeeze(1), majority, share
 
@@ -72,8 +77,8 @@ class SSLKNN(Defense):
         kept = torch.ones(len(given), dtype=torch.bool)
         changes = []
         for r in range(self.rounds):
-            # removed samples are not judged again; their neighbours still count their last label
-            s, majority, share = knn_consistency(neighbours, labels, ctx.train.num_classes)
+            # removed samples are neither judged nor counted as neighbours again
+            s, majority, share = knn_consistency(neighbours, labels, ctx.train.num_classes, voters=kept)
             flagged = kept & (s < self.filter_threshold)
             relabel = flagged & (share >= self.relabel_threshold) & self.relabel
             new = torch.where(relabel, majority, labels)

@@ -118,3 +118,10 @@ def test_flows_remove_a_disruptive_poison_cluster():
 def test_flow_relabel_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         FlowRelabel(**kw)
+
+
+def test_knn_votes_only_from_voters():
+    nn = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    y = torch.tensor([0, 1, 1])
+    s, majority, share = knn_consistency(nn, y, 2, voters=torch.tensor([True, True, False]))
+    assert s.tolist() == [0.0, 0.0, 0.5] and majority[0] == 1 and share[0] == 1.0
