@@ -130,50 +130,49 @@ def eval_device(tcfg) -> torch.device:
 
 
 @torch.inference_mode()
+def over_batches(model: torch.nn.Module, x: torch.Tensor, fn, batch_size: int = 512, device="cpu",
+                 empty: torch.Tensor | None = None) -> torch.Tensor:
+    """`fn(i, xb)` on batches `xb` (uint8, on `device`) starting at `i`, the model in eval mode
+    (its mode is restored afterwards); the outputs concatenated on the CPU."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        out = [fn(i, x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else (empty if empty is not None else torch.zeros(0))
+
+
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu",
             transform=None, bf16: bool = False) -> torch.Tensor:
     """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first);
     `bf16` evaluates under bf16 autocast, as a model trained with bf16-mixed was trained."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
+
+    def step(i, xb):
         if transform is not None:
             xb = transform(xb)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(model(xb.float().div_(255)).argmax(1).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+            return model(xb.float().div_(255)).argmax(1)
+
+    return over_batches(model, x, step, batch_size, device, empty=torch.zeros(0, dtype=torch.long))
 
 
-@torch.inference_mode()
 def per_sample_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 512,
                     device="cpu", augment=None, seed: int = 0) -> torch.Tensor:
     """`loss_fn(logits, y, reduction="none")` for every sample, the model in eval mode; with
     `augment`, on one augmented view of each uint8 image (loss-ranking defenses, e.g. DBD)."""
-    device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval().to(device)
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
+    generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+    def step(i, xb):
         if augment is not None:
             xb = augment(xb, generator)
-        out.append(loss_fn(model(xb.float().div_(255)), y[i:i + batch_size].to(device), reduction="none").cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+        return loss_fn(model(xb.float().div_(255)), y[i:i + len(xb)].to(xb.device), reduction="none")
+
+    return over_batches(model, x, step, batch_size, device)
 
 
-@torch.inference_mode()
 def extract_features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
     """`model.features` (the penultimate vector) of uint8 images `x`, model in eval mode, on CPU."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
-    out = [model.features(x[i:i + batch_size].to(device).float().div_(255)).float().cpu()
-           for i in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return over_batches(model, x, lambda i, xb: model.features(xb.float().div_(255)).float(), batch_size, device)
