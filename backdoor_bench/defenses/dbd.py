@@ -76,16 +76,16 @@ class DBD(Defense):
                            channels_last=ctx.channels_last, log_prefix="dbd_warmup"),
                 ctx.train, "dbd_warmup", warmup, batch_size=self.batch_size)
         score_fn = get_loss(warm_loss, **warm_args)
-        state = {}
+        state = {"round": 0}
 
         def split() -> torch.Tensor:
             """Rank every training sample by its loss; the lowest `epsilon` share is labeled."""
             device = next(model.parameters()).device  # inside a fit: the trainer's device
             state["scores"] = per_sample_loss(model, ctx.train.x, ctx.train.y, score_fn, device=device,
                                               augment=ctx.augment if self.score_augment else None,
-                                              seed=ctx.seed + len(state.get("history", [])))
+                                              seed=ctx.seed + state["round"])  # fresh views every epoch
             state["kept"] = high_credible(state["scores"], self.epsilon)
-            state.setdefault("history", []).append(int(state["kept"].sum()))
+            state["round"] += 1
             return state["kept"]
 
         extra = {"variant": self.variant, "loss": warm_loss, "warmup_epochs": warmup}
