@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -64,12 +65,17 @@ def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Te
     ok = torch.isfinite(scores.float())  # unscored samples (NaN) are left out
     scores, poisoned, kept = scores.float()[ok], poisoned.bool()[ok], kept.bool()[ok]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    bins = torch.linspace(float(scores.min()), float(scores.max()) + 1e-6, 41).tolist()
+    lo, hi = float(scores.min()), float(scores.max())
+    log_x = lo > 0 and hi / lo > 100  # scores spanning orders of magnitude (e.g. seed 001's FCT)
+    bins = (torch.logspace(math.log10(lo), math.log10(hi) + 1e-6, 41) if log_x
+            else torch.linspace(lo, hi + 1e-6, 41)).tolist()
     ax.hist(scores[~poisoned].tolist(), bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})")
     ax.hist(scores[poisoned].tolist(), bins=bins, alpha=0.6, label=f"poisoned ({int(poisoned.sum())})", color="C3")
     if kept.any() and (~kept).any():
         ax.axvspan(float(scores[kept].min()), float(scores[kept].max()), color="C2", alpha=0.1, label="kept")
     ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel("score (higher = more suspicious)")
     ax.set_ylabel("samples")
     ax.set_title(title, fontsize=9)

@@ -36,7 +36,7 @@ def attack_metrics(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: to
 
 
 def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: torch.Tensor,
-                      poisoned: torch.Tensor, y_true: torch.Tensor) -> dict:
+                      poisoned: torch.Tensor, y_true: torch.Tensor, trusted: torch.Tensor | None = None) -> dict:
     """How well a defense's verdict on the training set matches the ground truth.
 
     A sample is flagged when the defense removes it (`~kept`) or gives it a new label
@@ -44,7 +44,8 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
     `precision` = poisoned among flagged; `fp` counts flagged clean samples and `fn` poisoned
     samples left unflagged. `kept_poison_rate` is the poisoned share of the samples kept (e.g. DBD's
     labeled set). `relabel_acc` is the share of relabeled poisoned samples that got
-    back their true class (seed 004, Table 2).
+    back their true class (seed 004, Table 2). With `trusted` (the samples a defense judged
+    surely clean), `trusted_purity` is their clean share and `n_trusted` their number.
     """
     kept, poisoned = kept.bool(), poisoned.bool()
     relabeled = kept & (labels != given) if labels is not None else torch.zeros_like(kept)
@@ -62,6 +63,8 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
         "n_relabeled": int(relabeled.sum()),
         "kept_poison_rate": _mean(poisoned[kept]),
         "relabel_acc": _mean(labels[rp] == y_true[rp]) if labels is not None else None,
+        **({"trusted_purity": _mean(~poisoned[trusted.bool()]), "n_trusted": int(trusted.sum())}
+           if trusted is not None else {}),
     }
 
 

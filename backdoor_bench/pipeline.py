@@ -101,7 +101,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         detection = None
         if outcome.verdict is not None:
             v = outcome.verdict
-            detection = detection_metrics(v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true)
+            detection = detection_metrics(v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true,
+                                          v.trusted)
 
     results = {
         "metrics": metrics,
@@ -291,9 +292,17 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         entry.mkdir(parents=True, exist_ok=True)
         return entry / "partial.ckpt"
 
+    def cached(kind: str, spec: dict, build) -> dict:
+        """A defense artifact (a dict of tensors) built once per `spec` + data, model and seed."""
+        if not cache.enabled:
+            return build()
+        full = {"spec": spec, "data": train.fingerprint(), "caps": [tcfg.get("max_stage_epochs"),
+                tcfg.get("max_stage_steps")], **_model_spec(cfg, int(tcfg.max_epochs))}
+        return cache.get_or_build(kind, full, build)
+
     return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
                           ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg), clean=clean, seed=cfg.seed,
                           out_dir=Path(out_dir), device=eval_device(tcfg), augment=augmentation(cfg.dataset),
                           stage_length=lambda n, kind="epochs": stage_length(tcfg, n, kind),
                           channels_last=bool(tcfg.channels_last), stage_checkpoint=stage_checkpoint,
-                          new_model=lambda: _new_model(cfg, train))
+                          new_model=lambda: _new_model(cfg, train), cached=cached)

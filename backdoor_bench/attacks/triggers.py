@@ -8,7 +8,7 @@ import torch
 
 from backdoor_bench.errors import ConfigError
 
-PATTERNS = ("solid", "checkerboard", "random")
+PATTERNS = ("solid", "checkerboard", "random", "grid")
 CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
 
 
@@ -23,7 +23,8 @@ class Patch:
     """A square patch: `size` pixels at a corner (with `margin`) or at `[row, col]`.
 
     `pattern`: `solid` (every pixel `value`), `checkerboard` (`value` where row+col is even, 0
-    elsewhere) or `random` (a fixed colour per pixel from `seed`). `alpha` < 1 blends the patch
+    elsewhere), `random` (a fixed colour per pixel from `seed`) or `grid` (seed 001's 3x3
+    `gridTrigger`, rows [0 0 v] [0 v 0] [v 0 v], specs B.4). `alpha` < 1 blends the patch
     into the image instead of replacing the pixels. `key` names the config entry in errors.
     """
 
@@ -43,6 +44,8 @@ class Patch:
         if isinstance(self.location, str) and self.location not in CORNERS:
             raise ConfigError(f"{k}.location={self.location!r} is unknown: use one of {', '.join(CORNERS)} "
                               "or [row, col]")
+        if self.pattern == "grid" and int(self.size) != 3:
+            raise ConfigError(f"{k}.pattern=grid is seed 001's 3x3 trigger: set {k}.size=3")
         if int(self.size) < 1:
             raise ConfigError(f"{k}.size={self.size} must be at least 1")
         if not 0 <= int(self.value) <= 255:
@@ -80,6 +83,9 @@ class Patch:
         if self.pattern == "checkerboard":
             even = (torch.arange(s)[:, None] + torch.arange(s)[None]) % 2 == 0
             return (even.to(torch.uint8) * int(self.value)).expand(channels, s, s).clone()
+        if self.pattern == "grid":
+            grid = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.uint8)
+            return (grid * int(self.value)).expand(channels, s, s).clone()
         g = torch.Generator().manual_seed(int(self.seed))
         return torch.randint(0, 256, (channels, s, s), generator=g, dtype=torch.uint8)
 

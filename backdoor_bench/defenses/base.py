@@ -26,14 +26,17 @@ class Verdict:
 
     `kept`: bool [N], samples kept for training. `labels`: int64 [N] or None, the labels to train
     the kept samples with (None: the given labels). `scores`: float [N] or None, higher = more
-    suspicious.
+    suspicious. `trusted`: bool [N] or None, the samples the defense judged surely clean (e.g.
+    seed 001's clean split), whose purity the evaluator reports.
     """
 
     kept: torch.Tensor
     labels: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    trusted: torch.Tensor | None = None
 
     def __post_init__(self):
+        self.trusted = self.trusted.bool().cpu() if self.trusted is not None else None
         self.kept = self.kept.bool().cpu()
         self.labels = self.labels.long().cpu() if self.labels is not None else None
         self.scores = self.scores.float().cpu() if self.scores is not None else None
@@ -71,6 +74,9 @@ class DefenseContext:
     channels_last: bool = False
     stage_checkpoint: Callable[[str], Path | None] = lambda stage: None  # resumable per-epoch checkpoint path
     new_model: Callable[[], torch.nn.Module] | None = None  # a fresh, untrained `cfg.model`
+    # (kind, spec, build) -> build()'s dict of tensors, cached by `spec` plus the data, model and seed
+    # (artifacts several defenses share, e.g. seed 001's sample split)
+    cached: Callable[[str, dict, Callable[[], dict]], dict] = lambda kind, spec, build: build()
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples.

@@ -12,7 +12,7 @@ REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 METRIC_NAMES = {"acc": "ACC", "asr": "ASR", "ra": "RA", "acc_nontarget": "ACC-NT", "tpr": "TPR", "fpr": "FPR",
                 "precision": "Prec", "relabel_acc": "RelAcc", "tmr": "TMR",
                 "kept_poison_rate": "KeptP", "fp": "FP", "fn": "FN"}
-COUNTS = {"tp", "fp", "fn", "n_flagged", "n_removed", "n_relabeled"}  # reported as they are, not in %
+COUNTS = {"tp", "fp", "fn", "n_flagged", "n_removed", "n_relabeled", "n_trusted"}  # reported as they are, not in %
 
 
 def _model_name(cfg: dict) -> str:

@@ -70,7 +70,70 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.5, symmetri
     return losses.mean() if symmetric else losses[:b].mean()
 
 
-LOSSES = {"ce": cross_entropy, "sce": sce, "gce": gce, "apl": apl}
+def lga(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", gamma: float = 0.5) -> torch.Tensor:
+    """ABL's local gradient ascent, sign(CE - gamma) * CE (Li et al. 2021, Eq. 3; gamma 0.5): samples
+    whose loss falls under gamma are pushed back up, so only the easily learned (poisoned) ones
+    stay low. Seed 001 Fig. 4 ranks samples with it."""
+    ce = F.cross_entropy(logits.float(), y, reduction="none")
+    return _reduce(torch.sign(ce - gamma) * ce, reduction)
+
+
+def centroid_separation(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Seed 001's SD fine-tune loss ("L_intra", specs B.1 item 2, as coded): the mean of all K'^2
+    entries of the cosine-similarity matrix of the batch's K' class centroids (by given label),
+    its diagonal zeroed. Minimising it pushes the class centroids apart."""
+    classes = y.unique()
+    mu = torch.stack([f[y == c].float().mean(0) for c in classes])
+    mu = F.normalize(mu, dim=1)
+    s = mu @ mu.T
+    return (s - torch.diag(torch.diag(s))).mean()
+
+
+def contrastive_positives(y: torch.Tensor, supervised: torch.Tensor, clean_pos_only: bool = False) -> torch.Tensor:
+    """bool [2B, 2B] positive mask for 2B rows (view 1 of samples 0..B-1, then view 2).
+
+    An anchor whose sample is `supervised` takes every other row with the same given label
+    (SupCon); any other anchor takes only its sample's other view (SimCLR). Seed 001's code lets a
+    supervised anchor's positives include unsupervised rows of its label (specs B.5 item 3);
+    `clean_pos_only` keeps only supervised rows (and the anchor's own other view)."""
+    b = len(y)
+    yy, sup = torch.cat([y, y]), torch.cat([supervised, supervised]).bool()
+    same_sample = torch.arange(2 * b, device=y.device) % b
+    same_sample = same_sample[:, None] == same_sample[None]
+    pos = (yy[:, None] == yy[None]) & sup[:, None]
+    if clean_pos_only:
+        pos &= sup[None] | same_sample
+    pos |= same_sample
+    return pos & ~torch.eye(2 * b, dtype=torch.bool, device=y.device)
+
+
+def sup_con(z: torch.Tensor, positives: torch.Tensor, temperature: float = 0.1,
+            base_temperature: float = 0.07) -> torch.Tensor:
+    """SupCon over 2B L2-normalised rows `z` with a positive mask (Khosla et al. 2020, Eq. 2 as
+    SupContrast codes it): for anchor i, -(tau / tau_base) * mean over its positives p of
+    log[exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau)], averaged over all anchors. With
+    `contrastive_positives` it is seed 001's SS-CTL (Eq. 2; specs B.2), CTL or S-CTL."""
+    z = F.normalize(z.float(), dim=1)
+    n = len(z)
+    logits = (z @ z.T / temperature).masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = positives.float()
+    mean_pos = (log_prob.masked_fill(~positives, 0.0) * pos).sum(1) / pos.sum(1).clamp_min(1)
+    return -(temperature / base_temperature) * mean_pos.mean()
+
+
+def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor,
+                        lambda_p: float = 0.001) -> torch.Tensor:
+    """Seed 001's MCE (Eq. 3): CE averaged over the batch's clean-split samples minus lambda_p x CE
+    averaged over its poisoned-split samples; a part without samples contributes 0 (specs B.5 item 4)."""
+    ce = F.cross_entropy(logits.float(), y, reduction="none")
+    p = poisoned.bool()
+    clean = ce[~p].mean() if (~p).any() else ce.sum() * 0
+    poison = ce[p].mean() if p.any() else ce.sum() * 0
+    return clean - lambda_p * poison
+
+
+LOSSES = {"ce": cross_entropy, "sce": sce, "gce": gce, "apl": apl, "lga": lga}
 
 
 def get_loss(name: str, **params):

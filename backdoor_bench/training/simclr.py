@@ -16,9 +16,11 @@ from backdoor_bench.training.losses import nt_xent
 from backdoor_bench.training.optim import configure_optimizers
 
 
-def projector(dim: int, out_dim: int = 128) -> nn.Module:
-    """Linear(d, d) -> BatchNorm -> ReLU -> Linear(d, out) (DBD's projector; specs A.2)."""
-    return nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+def projector(dim: int, out_dim: int = 128, batch_norm: bool = True) -> nn.Module:
+    """Linear(d, d) -> BatchNorm -> ReLU -> Linear(d, out) (DBD's projector; specs A.2); without
+    `batch_norm`, SupContrast's (seed 001's encoder; specs B.2)."""
+    norm = [nn.BatchNorm1d(dim)] if batch_norm else []
+    return nn.Sequential(nn.Linear(dim, dim), *norm, nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
 
 
 class SimCLR(pl.LightningModule):
@@ -26,16 +28,19 @@ class SimCLR(pl.LightningModule):
 
     `optim` follows `trainer.optimizer`'s keys; `schedule_epochs` is the cosine schedule's length,
     which may exceed the epochs trained (DBD's released backbones stop at epoch 100 of a
-    1000-epoch schedule; specs A.5 item 1).
+    1000-epoch schedule; specs A.5 item 1). `loss_fn(z, batch)`, when given, replaces NT-Xent: it
+    gets the 2B projected rows (all first views, then all second views) and the batch (labels and
+    extras), e.g. seed 001's SS-CTL.
     """
 
     def __init__(self, model: nn.Module, views: SimCLRViews, optim: dict, schedule_epochs: int,
                  temperature: float = 0.5, symmetric: bool = False, projector_dim: int = 128,
-                 channels_last: bool = False):
+                 channels_last: bool = False, loss_fn=None, projector_bn: bool = True):
         super().__init__()
         self.model, self.views, self.optim, self.schedule_epochs = model, views, optim, schedule_epochs
         self.temperature, self.symmetric, self.channels_last = temperature, symmetric, channels_last
-        self.projector = projector(model.head.in_features, projector_dim)
+        self.loss_fn = loss_fn
+        self.projector = projector(model.head.in_features, projector_dim, projector_bn)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -47,7 +52,10 @@ class SimCLR(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x = batch["x"]
         z = self.embed(torch.cat([self.views(x), self.views(x)]))
-        loss = nt_xent(z[:len(x)], z[len(x):], self.temperature, self.symmetric)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(z, batch)
+        else:
+            loss = nt_xent(z[:len(x)], z[len(x):], self.temperature, self.symmetric)
         self.log("ssl/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 

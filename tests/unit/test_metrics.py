@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from backdoor_bench.metrics import attack_metrics, detection_metrics
@@ -44,3 +45,14 @@ def test_detection_without_relabels_or_poison():
     kept = torch.tensor([1, 0], dtype=torch.bool)
     d = detection_metrics(kept, None, torch.tensor([0, 1]), torch.zeros(2, dtype=torch.bool), torch.tensor([0, 1]))
     assert d["tpr"] is None and d["fpr"] == 0.5 and d["precision"] == 0.0 and d["relabel_acc"] is None
+
+
+def test_trusted_purity_of_a_clean_split():
+    kept = torch.tensor([True, True, True, False])
+    poisoned = torch.tensor([False, True, False, True])
+    trusted = torch.tensor([True, True, True, False])
+    d = detection_metrics(kept, None, torch.zeros(4, dtype=torch.long), poisoned, torch.zeros(4, dtype=torch.long),
+                          trusted)
+    assert d["trusted_purity"] == pytest.approx(2 / 3) and d["n_trusted"] == 3 and d["precision"] == 1.0
+    assert "trusted_purity" not in detection_metrics(kept, None, torch.zeros(4, dtype=torch.long), poisoned,
+                                                     torch.zeros(4, dtype=torch.long))

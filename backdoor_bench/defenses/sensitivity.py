@@ -1,0 +1,183 @@
+"""Seed 001's sample-distinguishment (SD) module (Sec. 3.2, App. A.1; specs/seed_methods.md B.1),
+shared by D-ST and D-BR.
+
+1. The sensitivity model: a fresh model trained briefly WITHOUT augmentation (2 epochs, SGD 0.01
+   on a 100-epoch cosine), then fine-tuned 10 epochs with the class-centroid separation loss
+   (`losses.centroid_separation`, the code's "L_intra").
+2. FCT (Eq. 1): Delta(x) = ||phi(x) - phi(tau(x))||^2 / d on its penultimate features phi, with
+   tau a random rotation (+-180 deg) then a random translation (up to 20% per axis), nearest
+   neighbour, black fill. Poisoned samples move far more than clean ones.
+3. The split by rank (specs B.5 item 2): the bottom `clean_ratio` share is the clean split D_c,
+   the top `poison_ratio` share the poisoned split D_p, the rest uncertain D_u.
+
+`metric` swaps FCT for the metrics of Fig. 4 (higher = more suspicious for all of them):
+`spectral` (Spectral Signatures' score on the same sensitivity model's features), `sce` (DBD's
+symmetric cross-entropy after its warm-up: the shared SimCLR backbone plus a linear head trained
+with SCE), `lga` (ABL: a model trained with local gradient ascent; low loss = suspicious). The
+split is cached by its config, so D-ST, D-BR and their ablations of one attack share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from backdoor_bench.defenses.base import DefenseContext
+from backdoor_bench.defenses.spectral import spectral_scores
+from backdoor_bench.errors import ConfigError
+from backdoor_bench.training.fit import extract_features, over_batches, per_sample_loss
+from backdoor_bench.training.losses import centroid_separation, get_loss
+from backdoor_bench.training.optim import configure_optimizers
+from backdoor_bench.training.supervised import Supervised
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fct", "spectral", "sce", "lga")
+CLEAN, UNCERTAIN, POISONED = 0, 1, 2
+
+
+def rotate_translate(x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0,
+                     translate: float = 0.2) -> torch.Tensor:
+    """tau of specs B.1 item 3 on a float batch [N, C, H, W]: per image, a rotation by an angle
+    uniform in +-`degrees` about the centre, then a shift by round(uniform(+-`translate` x size))
+    pixels per axis (torchvision's RandomRotation then RandomAffine); nearest neighbour, zero fill."""
+    n, _, h, w = x.shape
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1) * translate * torch.tensor([w, h]))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [N, 2, 2]
+    t = shift * 2 / torch.tensor([w, h])  # pixels -> normalised coordinates
+    # the output pixel p samples the input at R^-1 (p - t)
+    inv = rot.transpose(1, 2)
+    theta = torch.cat([inv, -(inv @ t[:, :, None])], 2).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def fct(model: torch.nn.Module, x: torch.Tensor, seed: int = 0, draws: int = 1, batch_size: int = 512,
+        device="cpu", **transform) -> torch.Tensor:
+    """Eq. 1 for uint8 images `x`, averaged over `draws` random transformations (fixed `seed`):
+    ||phi(x) - phi(tau(x))||^2 / d with phi = `model.features`, the model in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def step(i, xb):
+        xf = xb.float().div_(255)
+        f = model.features(xf).float()
+        total = torch.zeros(len(xb), device=xb.device)
+        for _ in range(draws):
+            moved = model.features(rotate_translate(xf, generator, **transform)).float()
+            total += (f - moved).pow(2).mean(1)
+        return total / draws
+
+    return over_batches(model, x, step, batch_size, device)
+
+
+def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float) -> torch.Tensor:
+    """int8 [N] groups by rank (specs B.1 item 4 and B.5 item 2): the floor(N x `clean_ratio`)
+    lowest scores CLEAN, the floor(N x `poison_ratio`) highest POISONED, the rest UNCERTAIN
+    (ties broken by index)."""
+    n = len(scores)
+    n_c, n_p = math.floor(n * clean_ratio), math.floor(n * poison_ratio)
+    order = torch.sort(scores.float(), stable=True).indices
+    groups = torch.full((n,), UNCERTAIN, dtype=torch.int8)
+    groups[order[:n_c]] = CLEAN
+    groups[order[n - n_p:]] = POISONED
+    return groups
+
+
+class _CentroidSeparation(pl.LightningModule):
+    """The SD model's fine-tune (specs B.1 item 2): minimise `centroid_separation` of the
+    penultimate features; the head gets no gradient."""
+
+    def __init__(self, model: torch.nn.Module, optim: dict, schedule_epochs: int):
+        super().__init__()
+        self.model, self.optim, self.schedule_epochs = model, optim, schedule_epochs
+
+    def training_step(self, batch, batch_idx):
+        loss = centroid_separation(self.model.features(batch["x"]), batch["y"])
+        self.log("sd_separate/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["y"]))
+        return loss
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model.backbone.parameters(), self.optim, self.schedule_epochs)
+
+
+def plain(d) -> dict:
+    """A config block as a plain dict (for cache keys and JSON)."""
+    return OmegaConf.to_container(d, resolve=True) if isinstance(d, DictConfig) else dict(d or {})
+
+
+def split_counts(groups: torch.Tensor) -> dict:
+    """The split's sizes, for results.json."""
+    return {f"n_{k}": int((groups == v).sum()) for k, v in (("clean", CLEAN), ("uncertain", UNCERTAIN),
+                                                            ("poisoned", POISONED))}
+
+
+def validate_sd(sd: dict) -> None:
+    if sd["metric"] not in METRICS:
+        raise ConfigError(f"defense.sd.metric={sd['metric']!r} is unknown: use one of {', '.join(METRICS)}")
+    c, p = float(sd["clean_ratio"]), float(sd["poison_ratio"])
+    if not (0 < c < 1 and 0 < p < 1 and c + p <= 1):
+        raise ConfigError(f"defense.sd.clean_ratio={c} and poison_ratio={p} must be shares in (0, 1) that sum "
+                          "to at most 1 (the paper: 0.2 and 0.05)")
+
+
+def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
+    """Steps 1-2: brief training without augmentation, then the centroid-separation fine-tune."""
+    torch.manual_seed(ctx.seed)
+    model = ctx.new_model()
+    optim, schedule = dict(sd["optimizer"]), int(sd["schedule_epochs"])
+    epochs, separate = ctx.stage_length(sd["epochs"]), ctx.stage_length(sd["finetune_epochs"])
+    ctx.fit(Supervised(model, optim, schedule, channels_last=ctx.channels_last, log_prefix="sd_train"),
+            ctx.train, "sd_train", epochs, augment=False, batch_size=int(sd["batch_size"]))
+    if int(sd["finetune_epochs"]) > 0:
+        ctx.fit(_CentroidSeparation(model, optim, schedule), ctx.train, "sd_separate", separate, augment=False,
+                batch_size=int(sd["batch_size"]))
+    return model
+
+
+def _scores(ctx: DefenseContext, sd: dict) -> torch.Tensor:
+    """Every training sample's suspicion under `sd.metric` (higher = more likely poisoned)."""
+    x, y, metric = ctx.train.x, ctx.train.y, sd["metric"]
+    if metric in ("fct", "spectral"):
+        model = sensitivity_model(ctx, sd)
+        if metric == "fct":
+            return fct(model, x, seed=ctx.seed, draws=int(sd["draws"]), device=ctx.device, **dict(sd["transform"]))
+        return spectral_scores(extract_features(model, x, device=ctx.device), y)
+    if metric == "sce":  # DBD's warm-up (seed 003 Sec. 4.4): SSL backbone, head trained with SCE
+        if ctx.ssl_backbone is None:
+            raise RuntimeError("defense.sd.metric=sce needs ctx.ssl_backbone: run it through the pipeline")
+        model = ctx.ssl_backbone()
+        torch.manual_seed(ctx.seed)
+        model.head.reset_parameters()
+        d = dict(sd["sce"])
+        epochs = ctx.stage_length(d["epochs"])
+        ctx.fit(Supervised(model, dict(d["optimizer"]), epochs, loss="sce", head_only=True,
+                           channels_last=ctx.channels_last, log_prefix="sd_sce"), ctx.train, "sd_sce", epochs)
+        return per_sample_loss(model, x, y, get_loss("sce"), device=ctx.device)
+    d = dict(sd["lga"])  # ABL's isolation (Li et al. 2021): the lowest losses are the poison
+    epochs = ctx.stage_length(d["epochs"])
+    torch.manual_seed(ctx.seed)
+    model = ctx.new_model()
+    ctx.fit(Supervised(model, dict(d["optimizer"]), epochs, loss="lga", loss_args={"gamma": float(d["gamma"])},
+                       channels_last=ctx.channels_last, log_prefix="sd_lga"), ctx.train, "sd_lga", epochs)
+    return -per_sample_loss(model, x, y, get_loss("ce"), device=ctx.device)
+
+
+def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [N], groups int8 [N]) of the SD module, cached by `sd`: D-ST, D-BR and their
+    ablations on one poisoned set compute it once."""
+    validate_sd(sd)
+    spec = {k: v for k, v in sd.items() if k not in ("clean_ratio", "poison_ratio")}  # the scores' config
+    payload = ctx.cached("sd_scores", {"sd": spec, "seed": ctx.seed}, lambda: {"scores": _scores(ctx, sd)})
+    scores = payload["scores"]
+    groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]))
+    log.info("SD split (%s): %d clean, %d uncertain, %d poisoned", sd["metric"], int((groups == CLEAN).sum()),
+             int((groups == UNCERTAIN).sum()), int((groups == POISONED).sum()))
+    return scores, groups
