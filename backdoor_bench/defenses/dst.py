@@ -17,6 +17,7 @@ The encoder is cached by everything that determines it, so a lambda_p sweep trai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import pytorch_lightning as pl
@@ -112,7 +113,7 @@ class DST(Defense):
         return Outcome(model=model, verdict=verdict, extra=extra)
 
     def _encoder(self, ctx: DefenseContext, groups: torch.Tensor | None) -> torch.nn.Module:
-        """ST-1, cached by the extractor, its config and (SS-CTL) the SD config."""
+        """ST-1, cached by the extractor, its config and the samples it supervises (SS-CTL: the clean split)."""
         e = self.encoder
         epochs = ctx.stage_length(e["epochs"])
         supervised = {"ctl": torch.zeros(len(ctx.train), dtype=torch.bool),
@@ -120,7 +121,8 @@ class DST(Defense):
         if supervised is None:
             supervised = groups == CLEAN
         spec = {"extractor": self.extractor, "encoder": {**e, "epochs": epochs}, "seed": ctx.seed,
-                **({"sd": self.sd, "clean_pos_only": self.clean_pos_only} if self.extractor == "ss_ctl" else {})}
+                "supervised": hashlib.sha256(supervised.numpy().tobytes()).hexdigest()[:16],  # the split itself
+                **({"clean_pos_only": self.clean_pos_only} if self.extractor == "ss_ctl" else {})}
 
         def build() -> dict:
             torch.manual_seed(ctx.seed)

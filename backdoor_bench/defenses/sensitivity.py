@@ -78,13 +78,16 @@ def fct(model: torch.nn.Module, x: torch.Tensor, seed: int = 0, draws: int = 1, 
     return over_batches(model, x, step, batch_size, device)
 
 
-def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float) -> torch.Tensor:
+def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, seed: int = 0) -> torch.Tensor:
     """int8 [N] groups by rank (specs B.1 item 4 and B.5 item 2): the floor(N x `clean_ratio`)
-    lowest scores CLEAN, the floor(N x `poison_ratio`) highest POISONED, the rest UNCERTAIN
-    (ties broken by index)."""
+    lowest scores CLEAN, the floor(N x `poison_ratio`) highest POISONED, the rest UNCERTAIN.
+    Ties are broken at random (`seed`), not by index: samples whose features do not move at all
+    (FCT exactly 0, e.g. all-zero features) would otherwise fill the clean split in dataset order,
+    i.e. with the first classes only."""
     n = len(scores)
     n_c, n_p = math.floor(n * clean_ratio), math.floor(n * poison_ratio)
-    order = torch.sort(scores.float(), stable=True).indices
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = perm[torch.sort(scores.float()[perm], stable=True).indices]
     groups = torch.full((n,), UNCERTAIN, dtype=torch.int8)
     groups[order[:n_c]] = CLEAN
     groups[order[n - n_p:]] = POISONED
@@ -177,7 +180,11 @@ def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Ten
     spec = {k: v for k, v in sd.items() if k not in ("clean_ratio", "poison_ratio")}  # the scores' config
     payload = ctx.cached("sd_scores", {"sd": spec, "seed": ctx.seed}, lambda: {"scores": _scores(ctx, sd)})
     scores = payload["scores"]
-    groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]))
+    groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]), ctx.seed)
+    n_low = int((scores == scores.min()).sum())
+    if n_low > 1 and n_low >= 0.01 * len(scores):
+        log.warning("%d samples share the lowest %s score (%.3g): the clean split is drawn from them at random "
+                    "(a sensitivity model whose features do not react to tau?)", n_low, sd["metric"], float(scores.min()))
     log.info("SD split (%s): %d clean, %d uncertain, %d poisoned", sd["metric"], int((groups == CLEAN).sum()),
              int((groups == UNCERTAIN).sum()), int((groups == POISONED).sum()))
     return scores, groups

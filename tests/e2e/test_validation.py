@@ -14,6 +14,9 @@ CASES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["trainer.precision=8-bit"], "trainer.precision"),
     (["trainer.optimizer.name=lion"], "trainer.optimizer.name"),
+    (["defense=dbr", "defense.sd.metric=loss"], "defense.sd.metric"),
+    (["defense=dst", "defense.sd.clean_ratio=0.99"], "defense.sd.clean_ratio"),
+    (["attack.pattern=grid", "attack.size=4"], "attack.pattern=grid"),
 ]
 
 

@@ -73,6 +73,9 @@ def test_rank_split_sizes_and_order():
     assert (g == CLEAN).nonzero().flatten().tolist() == [1, 9]       # the two lowest
     assert (g == POISONED).nonzero().flatten().tolist() == [2]       # the highest
     assert int((g == UNCERTAIN).sum()) == 7
+    tied = rank_split(torch.zeros(1000), 0.2, 0.0, seed=1)  # all equal: a random fifth, not the first
+    assert int((tied == CLEAN).sum()) == 200 and (tied[:200] == CLEAN).sum() < 100
+    assert torch.equal(tied, rank_split(torch.zeros(1000), 0.2, 0.0, seed=1))
     big = rank_split(torch.rand(50000), 0.2, 0.05)
     assert (int((big == CLEAN).sum()), int((big == POISONED).sum())) == (10000, 2500)  # the paper's sizes
 
