@@ -296,7 +296,8 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         """A defense artifact (a dict of tensors) built once per `spec` + data, model and seed."""
         if not cache.enabled:
             return build()
-        full = {"spec": spec, "data": train.fingerprint(), "caps": [tcfg.get("max_stage_epochs"),
+        full = {"spec": spec, "data": train.fingerprint(), "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
+                "caps": [tcfg.get("max_stage_epochs"),
                 tcfg.get("max_stage_steps")], **_model_spec(cfg, int(tcfg.max_epochs))}
         return cache.get_or_build(kind, full, build)
 

@@ -41,22 +41,34 @@ METRICS = ("fct", "spectral", "sce", "lga")
 CLEAN, UNCERTAIN, POISONED = 0, 1, 2
 
 
+def _sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def rotate_then_shift(x: torch.Tensor, degrees: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per image, torchvision's `rotate(x, degrees[i])` (counter-clockwise about the centre) and then
+    `affine(translate=shift[i])` (pixels, right and down), both nearest neighbour with black fill:
+    what the rotation pushed out of the frame stays out."""
+    n, _, h, w = x.shape
+    a = torch.deg2rad(degrees.float())
+    cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros(n)
+    rotation = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    t = -2 * shift.float() / torch.tensor([w, h])  # the output pixel p samples p - shift
+    one = torch.ones(n)
+    translation = torch.stack([torch.stack([one, zero, t[:, 0]], 1), torch.stack([zero, one, t[:, 1]], 1)], 1)
+    return _sample(_sample(x, rotation), translation)
+
+
 def rotate_translate(x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0,
                      translate: float = 0.2) -> torch.Tensor:
-    """tau of specs B.1 item 3 on a float batch [N, C, H, W]: per image, a rotation by an angle
-    uniform in +-`degrees` about the centre, then a shift by round(uniform(+-`translate` x size))
-    pixels per axis (torchvision's RandomRotation then RandomAffine); nearest neighbour, zero fill."""
+    """tau of specs B.1 item 3 on a float batch [N, C, H, W]: RandomRotation(+-`degrees`), then
+    RandomAffine(translate=(`translate`, `translate`)): per image an angle uniform in +-`degrees`
+    and a shift of round(uniform(+-`translate` x size)) pixels per axis (`rotate_then_shift`)."""
     n, _, h, w = x.shape
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    degrees_ = (torch.rand(n, generator=generator) * 2 - 1) * degrees
     shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1) * translate * torch.tensor([w, h]))
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [N, 2, 2]
-    t = shift * 2 / torch.tensor([w, h])  # pixels -> normalised coordinates
-    # the output pixel p samples the input at R^-1 (p - t)
-    inv = rot.transpose(1, 2)
-    theta = torch.cat([inv, -(inv @ t[:, :, None])], 2).to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return rotate_then_shift(x, degrees_, shift)
 
 
 @torch.no_grad()
@@ -96,7 +108,8 @@ def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, se
 
 class _CentroidSeparation(pl.LightningModule):
     """The SD model's fine-tune (specs B.1 item 2): minimise `centroid_separation` of the
-    penultimate features; the head gets no gradient."""
+    penultimate features; the head gets no gradient. A fresh SGD at the same settings (the code
+    resumes step 1's optimizer and cosine, whose lr is then 0.0099 instead of 0.01)."""
 
     def __init__(self, model: torch.nn.Module, optim: dict, schedule_epochs: int):
         super().__init__()
@@ -178,6 +191,7 @@ def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Ten
     ablations on one poisoned set compute it once."""
     validate_sd(sd)
     spec = {k: v for k, v in sd.items() if k not in ("clean_ratio", "poison_ratio")}  # the scores' config
+    spec["tau"] = "rotate_then_shift"  # torchvision's order: the rotation's lost corners stay black
     payload = ctx.cached("sd_scores", {"sd": spec, "seed": ctx.seed}, lambda: {"scores": _scores(ctx, sd)})
     scores = payload["scores"]
     groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]), ctx.seed)

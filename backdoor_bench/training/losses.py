@@ -71,10 +71,14 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.5, symmetri
 
 
 def lga(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", gamma: float = 0.5) -> torch.Tensor:
-    """ABL's local gradient ascent, sign(CE - gamma) * CE (Li et al. 2021, Eq. 3; gamma 0.5): samples
-    whose loss falls under gamma are pushed back up, so only the easily learned (poisoned) ones
-    stay low. Seed 001 Fig. 4 ranks samples with it."""
+    """ABL's local gradient ascent, sign(CE - gamma) * CE (Li et al. 2021, Eq. 3; gamma 0.5): a loss
+    under gamma is pushed back up, so only the easily learned (poisoned) samples stay low. As ABL's
+    code, `mean` applies the sign to the batch's mean CE; `none` and `sum` per sample. Seed 001
+    Fig. 4 ranks samples with a model trained on it."""
     ce = F.cross_entropy(logits.float(), y, reduction="none")
+    if reduction == "mean":
+        m = ce.mean()
+        return torch.sign(m - gamma) * m
     return _reduce(torch.sign(ce - gamma) * ce, reduction)
 
 

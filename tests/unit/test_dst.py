@@ -17,6 +17,7 @@ from backdoor_bench.defenses.sensitivity import (
     UNCERTAIN,
     fct,
     rank_split,
+    rotate_then_shift,
     rotate_translate,
 )
 from backdoor_bench.errors import ConfigError
@@ -56,15 +57,35 @@ def test_half_turn_is_a_flip_of_both_axes(monkeypatch):
     assert torch.equal(shifted, expect)
 
 
+def test_rotate_then_shift_is_torchvisions_rotate_then_affine():
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    out = rotate_then_shift(x, torch.tensor([37.0, -120.0]), torch.tensor([[3.0, -5.0], [-6.0, 2.0]]))
+    for i, (deg, (tx, ty)) in enumerate([(37.0, (3, -5)), (-120.0, (-6, 2))]):
+        ref = TF.rotate(x[i:i + 1], deg, interpolation=InterpolationMode.NEAREST)
+        ref = TF.affine(ref, angle=0.0, translate=[tx, ty], scale=1.0, shear=[0.0],
+                        interpolation=InterpolationMode.NEAREST)
+        assert torch.equal(out[i:i + 1], ref)
+
+
 def test_fct_on_a_hand_made_feature_map(monkeypatch):
     """Delta = ||phi(x) - phi(tau x)||^2 / d with phi = pixels and tau = the half turn."""
     x = torch.zeros(2, 1, 2, 2, dtype=torch.uint8)
     x[0, 0, 0, 0] = 255  # one bright corner: moves to the opposite corner
     x[1] = 255           # uniform: the half turn changes nothing
-    monkeypatch.setattr(torch, "rand", lambda *s, generator=None: torch.ones(*s))
-    delta = fct(Pixels(), x, degrees=180.0, translate=0.0)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "rand", lambda *s, generator=None: torch.ones(*s))
+        delta = fct(Pixels(), x, degrees=180.0, translate=0.0)
     assert delta.tolist() == pytest.approx([2 / 4, 0.0])  # two pixels differ by 1, d = 4
-    assert fct(Pixels(), x, degrees=180.0, translate=0.0, draws=3).tolist() == pytest.approx([0.5, 0.0])
+    # several draws: the mean of the single draws the same generator gives
+    y = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(5)
+    single = [(y.float() / 255 - rotate_translate(y.float() / 255, g)).flatten(1).pow(2).mean(1) for _ in range(3)]
+    assert fct(Pixels(), y, seed=5, draws=3).tolist() == pytest.approx((sum(single) / 3).tolist(), abs=1e-6)
+    assert not torch.allclose(single[0], single[1])
 
 
 def test_rank_split_sizes_and_order():
@@ -143,6 +164,13 @@ def test_lga_exact():
     # CE ln 2 = 0.693 > gamma 0.5: kept as it is; with gamma 1 it turns negative
     assert lga(even, torch.tensor([0, 1])).item() == pytest.approx(math.log(2), abs=1e-6)
     assert lga(even, torch.tensor([0, 1]), gamma=1.0).item() == pytest.approx(-math.log(2), abs=1e-6)
+    # ABL's code signs the batch mean: CEs 0.1 and 2.0 (mean 1.05 > 0.5) stay +1.05; per sample -0.1 + 2.0
+    logits = torch.tensor([[-math.log(math.exp(0.1) - 1), 0.0], [0.0, math.log(math.exp(2.0) - 1)]])
+    ce = F.cross_entropy(logits, torch.tensor([0, 0]), reduction="none")
+    assert ce.tolist() == pytest.approx([0.1, 2.0], abs=1e-5)
+    assert lga(logits, torch.tensor([0, 0])).item() == pytest.approx(ce.mean().item(), abs=1e-6)
+    per = lga(logits, torch.tensor([0, 0]), reduction="none")
+    assert per.tolist() == pytest.approx([float(torch.sign(c - 0.5) * c) for c in ce], abs=1e-6)
 
 
 def test_unlearn_step_raises_and_relearn_step_lowers_the_loss():
