@@ -52,6 +52,17 @@ def test_dbr_sce_metric_uses_the_ssl_backbone(run_cli):
     assert {"train/ssl", "train/sd_sce"} <= set(results(p.out_dir / "results.json")["timing"])
 
 
+def test_all2all_square_sits_at_rows_and_cols_28_to_30(compose):
+    import torch
+    from hydra.utils import instantiate
+
+    attack = instantiate(compose("attack=dst/badnets_all2all").attack, num_classes=10)
+    attack.check(10, (3, 32, 32))
+    out = attack.apply(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert (out[0].sum(0) > 0).nonzero().tolist() == [[r, c] for r in range(28, 31) for c in range(28, 31)]
+    assert int(out.max()) == 255 and attack.target_label(torch.tensor([3, 9])).tolist() == [4, 0]
+
+
 def sweep(table: str) -> dict[str, list[str]]:
     params = OmegaConf.load(CONF / "experiment" / f"{table}.yaml").hydra.sweeper.params
     return {k: str(v).split(",") for k, v in params.items()}
