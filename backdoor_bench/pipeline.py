@@ -304,6 +304,6 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
     return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
                           ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg), clean=clean, seed=cfg.seed,
                           out_dir=Path(out_dir), device=eval_device(tcfg), augment=augmentation(cfg.dataset),
-                          stage_length=lambda n, kind="epochs": stage_length(tcfg, n, kind),
+                          stage_length=lambda n, kind="epochs", **kw: stage_length(tcfg, n, kind, **kw),
                           channels_last=bool(tcfg.channels_last), stage_checkpoint=stage_checkpoint,
                           new_model=lambda: _new_model(cfg, train), cached=cached)

@@ -70,7 +70,8 @@ class DefenseContext:
     ssl_backbone: Callable[..., torch.nn.Module] | None = None  # (ssl_cfg=None) -> SimCLR-trained model
     device: torch.device = torch.device("cpu")  # where defenses score or embed samples
     augment: Callable | None = None  # the dataset's training augmentation (uint8 batch, generator)
-    stage_length: Callable[..., int] = lambda n, kind="epochs": int(n)  # a stage's epochs/steps under trainer caps
+    # a stage's epochs (or steps) under the trainer caps: (n, kind="epochs", min_steps=0, steps_per_epoch=1)
+    stage_length: Callable[..., int] = lambda n, kind="epochs", **kw: int(n)
     channels_last: bool = False
     stage_checkpoint: Callable[[str], Path | None] = lambda stage: None  # resumable per-epoch checkpoint path
     new_model: Callable[[], torch.nn.Module] | None = None  # a fresh, untrained `cfg.model`
@@ -88,6 +89,15 @@ class DefenseContext:
         data = verdict.cleansed(self.train)
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
         return self.train_model(data, name="retrain")
+
+    def stage_epochs(self, epochs: int, n_samples: int, batch_size: int, min_steps: int = 0,
+                     drop_last: bool = False) -> int:
+        """A stage's epochs over `n_samples` at `batch_size`: at least `min_steps` optimizer steps
+        (see `training.fit.stage_length`), capped by the trainer."""
+        from backdoor_bench.training.fit import steps_per_epoch
+
+        return self.stage_length(epochs, min_steps=min_steps,
+                                 steps_per_epoch=steps_per_epoch(n_samples, batch_size, drop_last))
 
 
 class Defense:

@@ -115,7 +115,8 @@ class DST(Defense):
     def _encoder(self, ctx: DefenseContext, groups: torch.Tensor | None) -> torch.nn.Module:
         """ST-1, cached by the extractor, its config and the samples it supervises (SS-CTL: the clean split)."""
         e = self.encoder
-        epochs = ctx.stage_length(e["epochs"])
+        epochs = ctx.stage_epochs(e["epochs"], len(ctx.train), int(e["batch_size"]), int(e.get("min_steps") or 0),
+                                  drop_last=len(ctx.train) > int(e["batch_size"]))
         supervised = {"ctl": torch.zeros(len(ctx.train), dtype=torch.bool),
                       "s_ctl": torch.ones(len(ctx.train), dtype=torch.bool)}.get(self.extractor)
         if supervised is None:
@@ -151,7 +152,6 @@ class DST(Defense):
     def _train_head(self, ctx: DefenseContext, model: torch.nn.Module, groups: torch.Tensor | None) -> None:
         """ST-2 on D_c and D_p with MCE, or on every sample with CE."""
         h = self.head
-        epochs = ctx.stage_length(h["epochs"])
         torch.manual_seed(ctx.seed)
         model.head.reset_parameters()
         if self.classifier == "mce":
@@ -159,6 +159,7 @@ class DST(Defense):
             data, extras = ctx.train.subset(idx), {"poisoned": (groups[idx] == POISONED)}
         else:
             data, extras = ctx.train, {}
+        epochs = ctx.stage_epochs(h["epochs"], len(data), int(h["batch_size"]), int(h.get("min_steps") or 0))
         views = SimCLRViews(ctx.train.shape[-1], ctx.train.shape[0], **dict(self.encoder["augment"]))
         module = _FrozenEncoderHead(model, views, dict(h["optimizer"]), epochs,
                                     self.lambda_p if self.classifier == "mce" else None)

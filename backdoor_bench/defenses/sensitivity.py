@@ -149,7 +149,9 @@ def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
     torch.manual_seed(ctx.seed)
     model = ctx.new_model()
     optim, schedule = dict(sd["optimizer"]), int(sd["schedule_epochs"])
-    epochs, separate = ctx.stage_length(sd["epochs"]), ctx.stage_length(sd["finetune_epochs"])
+    bs = int(sd["batch_size"])
+    epochs = ctx.stage_epochs(sd["epochs"], len(ctx.train), bs, int(sd.get("min_steps") or 0))
+    separate = ctx.stage_epochs(sd["finetune_epochs"], len(ctx.train), bs, int(sd.get("finetune_min_steps") or 0))
     ctx.fit(Supervised(model, optim, schedule, channels_last=ctx.channels_last, log_prefix="sd_train"),
             ctx.train, "sd_train", epochs, augment=False, batch_size=int(sd["batch_size"]))
     if int(sd["finetune_epochs"]) > 0:

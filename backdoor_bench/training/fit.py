@@ -4,6 +4,7 @@ checkpoints, and predict on uint8 tensors."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -107,11 +108,25 @@ def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, m
     return module
 
 
-def stage_length(tcfg, n: int, kind: str = "epochs") -> int:
+def stage_length(tcfg, n: int, kind: str = "epochs", *, min_steps: int = 0, steps_per_epoch: int = 1) -> int:
     """A defense or SSL stage's epochs (or steps per epoch) under the trainer's cap
-    (`trainer.max_stage_epochs` / `max_stage_steps`; `trainer=tiny` caps them to seconds)."""
+    (`trainer.max_stage_epochs` / `max_stage_steps`; `trainer=tiny` caps them to seconds).
+
+    `min_steps` (epochs only): run at least this many optimizer steps, i.e. at least
+    ceil(min_steps / steps_per_epoch) epochs. A stage stated as "E epochs" on 50k images is
+    hundreds of steps; on 1.4k images the same E epochs are a dozen, too few to train anything.
+    Set `min_steps` at or below the paper's number of steps and the paper's setting is unchanged."""
+    n = int(n)
+    if kind == "epochs" and int(min_steps or 0) > 0:
+        n = max(n, math.ceil(int(min_steps) / max(1, int(steps_per_epoch))))
     cap = tcfg.get(f"max_stage_{kind}")
-    return max(1, min(int(n), int(cap)) if cap is not None else int(n))
+    return max(1, min(n, int(cap)) if cap is not None else n)
+
+
+def steps_per_epoch(n_samples: int, batch_size: int, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch over `n_samples` (as `DeviceLoader` batches them)."""
+    n = n_samples / max(1, int(batch_size))
+    return max(1, math.floor(n) if drop_last else math.ceil(n))
 
 
 def augmentation(dcfg) -> CropFlip | None:

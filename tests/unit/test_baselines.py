@@ -122,7 +122,7 @@ def test_itlm_run_trains_fresh_models_on_the_kept_set():
         train_model=train_model,
         backdoored_model=None,
         fit=None,
-        stage_length=lambda n, kind="epochs": min(n, 3),
+        stage_length=lambda n, kind="epochs", **kw: min(n, 3),
     )
     out = ITLM(rounds=3, expected_poison_rate=0.25, trim_factor=0.4, first_epochs=2, epochs=40).run(ctx)
     assert calls == [(50, "itlm0", 2), (45, "itlm1", 3), (45, "itlm2", 3), (45, "retrain", None)]

@@ -58,3 +58,22 @@ def test_fit_learns_and_resumes_from_checkpoint(tmp_path):
     fit(Counting(model, opt, 3), x, y, t, max_epochs=3, checkpoint=ckpt)
     assert Counting.steps == 8
     assert (predict(model, x, device="cpu") == y).float().mean() == 1.0
+
+
+def test_stage_length_floor_in_steps_and_caps():
+    from omegaconf import OmegaConf
+
+    from backdoor_bench.training.fit import stage_length, steps_per_epoch
+
+    free = OmegaConf.create({"max_stage_epochs": None})
+    assert steps_per_epoch(1438, 128) == 12 and steps_per_epoch(1438, 512, drop_last=True) == 2
+    assert steps_per_epoch(10, 128) == 1 and steps_per_epoch(10, 128, drop_last=True) == 1
+    # the paper's 10 epochs of 391 steps already exceed a 600-step floor: unchanged
+    assert stage_length(free, 10, min_steps=600, steps_per_epoch=391) == 10
+    # 10 epochs of 12 steps are 120: the floor asks for ceil(600 / 12) = 50 epochs
+    assert stage_length(free, 10, min_steps=600, steps_per_epoch=12) == 50
+    assert stage_length(free, 10, min_steps=601, steps_per_epoch=12) == 51
+    assert stage_length(free, 10, min_steps=0, steps_per_epoch=12) == 10
+    # trainer=tiny's cap wins over the floor; steps per epoch ignore it
+    assert stage_length(OmegaConf.create({"max_stage_epochs": 2}), 10, min_steps=600, steps_per_epoch=12) == 2
+    assert stage_length(OmegaConf.create({"max_stage_steps": 2}), 120, "steps", min_steps=600) == 2
