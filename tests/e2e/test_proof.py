@@ -26,12 +26,6 @@ pytestmark = pytest.mark.slow
 BARS: dict[tuple[str, str], dict] = {}
 
 
-def _bars():
-    from tests.e2e.proof_bars import BARS as measured
-
-    return measured
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     given = os.environ.get("PROOF_SWEEP_DIR")
@@ -53,9 +47,9 @@ def test_every_point_ran(runs):
     assert len(set(runs.index.get_level_values(1))) == 10
 
 
-@pytest.mark.parametrize("key", sorted(_bars()), ids=lambda k: f"{k[0]}-{k[1]}")
+@pytest.mark.parametrize("key", sorted(BARS), ids=lambda k: f"{k[0]}-{k[1]}")
 def test_defense_reaches_its_measured_shape(runs, key):
-    bar = _bars()[key]
+    bar = BARS[key]
     attack, defense = key
     row, base = runs.loc[(attack, defense)], runs.loc[(attack, "none")]
     if "acc_drop" in bar:
