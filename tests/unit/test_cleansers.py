@@ -231,3 +231,27 @@ def test_ssl_knn_rejects_an_unknown_embedding():
 
     with pytest.raises(ConfigError, match="defense.embedding"):
         SSLKNN(embedding="head")
+
+
+def test_cached_model_stores_extras_and_rebuilds_an_entry_without_them(tmp_path):
+    """The SSL backbone's cache entry carries the projector: a reuse fills `extras` from it, and an
+    entry written before the projector was stored is rebuilt once."""
+    from backdoor_bench.cache import ArtifactCache
+    from backdoor_bench.pipeline import _cached_model
+
+    cache, spec, builds = ArtifactCache(tmp_path), {"role": "ssl", "x": 1}, []
+
+    def build(checkpoint=None):
+        builds.append(checkpoint)
+        extras["projector"] = {"w": torch.tensor([float(len(builds))])}
+        return torch.nn.Linear(1, 1)
+
+    cache.store("ssl_backbone", spec, {"state_dict": torch.nn.Linear(1, 1).state_dict()})  # an old entry
+    extras = {"projector": None}
+    _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1), extras)
+    assert len(builds) == 1 and extras["projector"]["w"].tolist() == [1.0]
+    extras = {"projector": None}
+    _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1), extras)
+    assert len(builds) == 1 and extras["projector"]["w"].tolist() == [1.0]  # reused, not rebuilt
+    plain = _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1))
+    assert len(builds) == 1 and isinstance(plain, torch.nn.Linear)  # users without extras: as before
