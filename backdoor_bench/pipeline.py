@@ -33,7 +33,7 @@ from backdoor_bench.training.fit import (
     stage_length,
     training_spec,
 )
-from backdoor_bench.training.simclr import SimCLR
+from backdoor_bench.training.simclr import SimCLR, projector
 from backdoor_bench.training.supervised import Supervised
 from backdoor_bench.validate import validate
 
@@ -189,17 +189,30 @@ def _new_model(cfg, data: ImageSet) -> torch.nn.Module:
     return build_model(cfg.model, data.num_classes, data.shape[0], data.mean, data.std)
 
 
-def _cached_model(cache: ArtifactCache, kind: str, spec: dict, build, new) -> torch.nn.Module:
+def _cached_model(cache: ArtifactCache, kind: str, spec: dict, build, new, extras: dict | None = None) -> torch.nn.Module:
     """`build(checkpoint)` once per `spec`, resumable from `checkpoint`; later calls load its weights
-    into `new()`."""
+    into `new()`. `extras`: a dict that `build` fills with further state dicts (e.g. a projector),
+    stored in the same entry and filled from it on a reuse; an entry that lacks one of its keys
+    (written before that key was stored) is rebuilt."""
+    extras = {} if extras is None else extras
     if not cache.enabled:
         return build(None)
     partial = cache.entry(kind, spec) / "partial.ckpt"
     built: list[torch.nn.Module] = []
-    payload = cache.get_or_build(kind, spec, lambda: {"state_dict": (built.append(build(partial)) or built[0]).state_dict()})
+
+    def make() -> dict:
+        built.append(build(partial))
+        return {"state_dict": built[-1].state_dict(), **extras}
+
+    payload = cache.get_or_build(kind, spec, make)
+    if not built and not set(extras) <= set(payload):
+        log.info("cache: %s entry lacks %s; rebuilding it", kind, sorted(set(extras) - set(payload)))
+        payload = make()
+        cache.store(kind, spec, payload)
     partial.unlink(missing_ok=True)
     if built:
-        return built[0]
+        return built[-1]
+    extras.update({k: v for k, v in payload.items() if k in extras})
     model = new()
     model.load_state_dict(payload["state_dict"])
     return model
@@ -209,7 +222,9 @@ def ssl_trainer(cfg, cache: ArtifactCache, fit_module):
     """`ssl_backbone(data, ssl_cfg=None)`: a fresh `cfg.model` whose backbone SimCLR trained on the
     unlabeled `data` (`cfg.ssl`; DESIGN.md `ctx.ssl_backbone`). Cached by data, SSL config, model
     and seed, so DBD and the feature-space cleansers of one attack share one backbone. The head
-    is untrained."""
+    is untrained. The trained projector (`simclr.projector`, in eval mode) rides along as the
+    plain attribute `model.ssl_projector`: not a submodule, so the model's parameters, state_dict
+    and `.to()` are as before; its weights are cached in the backbone's entry."""
     tcfg = cfg.trainer
 
     def ssl_backbone(data: ImageSet, ssl_cfg=None) -> torch.nn.Module:
@@ -229,9 +244,15 @@ def ssl_trainer(cfg, cache: ArtifactCache, fit_module):
             fit_module(module, data, "ssl", epochs, checkpoint=checkpoint,
                        loader=lambda device: DeviceLoader(data.x, data.y, bs, shuffle=True, device=device,
                                                           seed=cfg.seed, drop_last=len(data) > bs))
+            extras["projector"] = module.projector.cpu().state_dict()
             return model.cpu()
 
-        return _cached_model(cache, "ssl_backbone", spec, build, lambda: _new_model(cfg, data))
+        extras: dict = {"projector": None}
+        model = _cached_model(cache, "ssl_backbone", spec, build, lambda: _new_model(cfg, data), extras)
+        proj = projector(model.head.in_features, int(s["projector_dim"]))
+        proj.load_state_dict(extras["projector"])  # filled by the build or from the cache entry
+        object.__setattr__(model, "ssl_projector", proj.eval())
+        return model
 
     return ssl_backbone
 

@@ -4,7 +4,8 @@
     python scripts/report.py outputs/multirun/2026-11-21/12-00-00
     python scripts/report.py outputs/multirun/... --reference backdoorbench/cifar10_preactresnet18 --out report/
 
-Prints rows attack, columns defense x {ACC, ASR} in % (mean over seeds); with --reference, the
+Prints rows attack, columns defense x {ACC, ASR} in % (mean over seeds and scenarios; `--agg
+median` for their median, as seed 002 reports its three scenarios); with --reference, the
 published numbers and ours-minus-paper beside ours. --out writes table.csv, table.tex, runs.csv
 and a bar chart (bars.png).
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from backdoor_bench.report.table import (
+    AGGREGATES,
     bar_chart,
     load_runs,
     paper_table,
@@ -31,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference", help="published numbers: a CSV or a name under backdoor_bench/reference/")
     p.add_argument("--metrics", default="acc,asr", help="comma-separated metrics (default acc,asr)")
     p.add_argument("--rows", default="attack", help="row key: attack, dataset, model, poison_rate, ...")
+    p.add_argument("--agg", default="mean", choices=AGGREGATES,
+                   help="how runs of one cell (seeds, scenarios) are combined (default mean)")
     p.add_argument("--out", help="folder for table.csv, table.tex, runs.csv, bars.png")
     a = p.parse_args(argv)
     try:
@@ -38,14 +42,14 @@ def main(argv=None) -> int:
         reference = read_reference(a.reference) if a.reference else None
         # a reference given per poison rate is matched by rate, even when the runs share one rate
         keep = ("poison_rate",) if reference is not None and "poison_rate" in reference.columns else ()
-        table = paper_table(runs, a.metrics.split(","), rows=a.rows, keep=keep)
+        table = paper_table(runs, a.metrics.split(","), rows=a.rows, keep=keep, agg=a.agg)
         if reference is not None:
             table = with_reference(table, reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(runs)} runs, datasets {sorted(runs['dataset'].dropna().unique())}, "
-          f"models {sorted(runs['model'].dropna().unique())}")
+          f"models {sorted(runs['model'].dropna().unique())}; cells: {a.agg} over runs")
     print(to_markdown(table))
     if not errors.empty:
         print(f"\n{len(errors)} failed sweep points:")

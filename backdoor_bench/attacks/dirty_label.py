@@ -4,8 +4,12 @@ colour stamped on `source`-class images, relabeled to `target`.
 The trigger comes from the scenario seed: a shape uniform in {pixel, pattern (an X of 5 pixels:
 centre and 4 diagonal neighbours), ell (3 pixels: centre, below, right)}, a colour of 3 integers
 in [0, 254], and a position (on 32 x 32: pixel in [0, 30]^2, pattern in [1, 29]^2, ell in
-[0, 29]^2; other sizes scale the bounds as H - 2, H - 3). `shape`, `color` and `position` fix any
-of them. `poison_rate` is a fraction of the source class (seed 002: 5, 10 or 20%); the poisoned
+[0, 29]^2; other sizes scale the bounds as H - 2, H - 3). This is OUR generator (torch), not the
+authors' (numpy), so it draws other triggers than theirs from the same seed. `triggers` pins a
+trigger per scenario seed, {scenario_seed: {shape, color, position}} (the seed 002 pair presets
+hold the authors' three, replayed from their generator); a seed it lacks is drawn. `shape`,
+`color` and `position` fix any of them over both. `poison_rate` is a fraction of the source
+class (seed 002: 5, 10 or 20%); the poisoned
 samples are chosen with seed 002's per-scenario seed, scenario_seed + 100 rate + 10 source + target.
 ASR and `tmr` (targeted misclassification rate: triggered source images predicted as the target
 while the clean image is predicted as the source) are measured on source-class test images.
@@ -25,24 +29,41 @@ OFFSETS = {"pixel": [(0, 0)], "pattern": [(0, 0), (-1, -1), (-1, 1), (1, -1), (1
 
 
 class DirtyLabel(Attack):
-    """Args (beyond `Attack`'s): `source`, `target`, `scenario_seed` (draws the trigger), and
-    optional fixed `shape`, `color` ([r, g, b]) and `position` ([row, col])."""
+    """Args (beyond `Attack`'s): `source`, `target`, `scenario_seed` (draws the trigger), optional
+    `triggers` ({scenario_seed: {shape, color, position}}: pinned triggers, e.g. the authors'),
+    and optional fixed `shape`, `color` ([r, g, b]) and `position` ([row, col])."""
 
     rate_of = "eligible"
 
     def __init__(self, source: int = 0, target: int = 2, scenario_seed: int = 100, shape: str | None = None,
-                 color=None, position=None, **kw):
+                 color=None, position=None, triggers=None, **kw):
         super().__init__(target=target, **kw)
         if self.label_mode != "all2one":
             raise ConfigError("attack=dirty_label is one-to-one: use attack.label_mode=all2one")
-        if shape is not None and shape not in SHAPES:
-            raise ConfigError(f"attack.shape={shape!r} is unknown: use one of {', '.join(SHAPES)} or null")
-        if color is not None and (len(color) != 3 or not all(0 <= int(v) <= 255 for v in color)):
-            raise ConfigError(f"attack.color={list(color)} must be 3 values in 0..255 (r, g, b) or null")
+        self._triggers = {}
+        for seed, t in (triggers or {}).items():
+            t = dict(t)
+            if set(t) != {"shape", "color", "position"}:
+                raise ConfigError(f"attack.triggers[{seed}] must give shape, color and position, not {sorted(t)}")
+            self._check_setting(t["shape"], t["color"], f"attack.triggers[{seed}].")
+            self._triggers[int(seed)] = t
+        self._check_setting(shape, color, "attack.")
         if int(source) == self.target:
             raise ConfigError(f"attack.source={source} equals attack.target: pick two different classes")
         self.source, self.scenario_seed = int(source), int(scenario_seed)
         self._shape, self._color, self._position = shape, color, position
+
+    @staticmethod
+    def _check_setting(shape, color, key: str) -> None:
+        if shape is not None and shape not in SHAPES:
+            raise ConfigError(f"{key}shape={shape!r} is unknown: use one of {', '.join(SHAPES)} or null")
+        if color is not None and (len(color) != 3 or not all(0 <= int(v) <= 255 for v in color)):
+            raise ConfigError(f"{key}color={list(color)} must be 3 values in 0..255 (r, g, b) or null")
+
+    @property
+    def pinned(self) -> dict | None:
+        """This scenario's trigger from `triggers`, or None when it is drawn."""
+        return self._triggers.get(self.scenario_seed)
 
     def check(self, num_classes, shape):
         super().check(num_classes, shape)
@@ -50,12 +71,15 @@ class DirtyLabel(Attack):
             raise ConfigError(f"attack.source={self.source} is not a class: use 0..{num_classes - 1}")
         if min(shape[1:]) < 4:
             raise ConfigError("attack=dirty_label needs images of at least 4x4 pixels")
-        if self._position is not None:
-            r, c = (int(v) for v in self._position)
+        position = self._position if self._position is not None else (self.pinned or {}).get("position")
+        if position is not None:
+            r, c = (int(v) for v in position)
             lo, hi = self._bounds(self.trigger(shape[1])[0], shape[1])
             if not (lo <= r <= hi and lo <= c <= hi):
-                raise ConfigError(f"attack.position={[r, c]} puts the trigger outside the image: use rows and "
-                                  f"columns in [{lo}, {hi}]")
+                key = "attack.position" if self._position is not None else \
+                    f"attack.triggers[{self.scenario_seed}].position"
+                raise ConfigError(f"{key}={[r, c]} puts the trigger outside the image: use rows and columns in "
+                                  f"[{lo}, {hi}] (attack.position=[r,c], or attack.triggers=null to draw it)")
 
     @staticmethod
     def _bounds(shape: str, size: int) -> tuple[int, int]:
@@ -66,13 +90,13 @@ class DirtyLabel(Attack):
         g = torch.Generator().manual_seed(self.scenario_seed * 1000 + 10 * self.source + self.target)
         shape = SHAPES[int(torch.randint(3, (1,), generator=g))]
         color = torch.randint(0, 255, (3,), generator=g).tolist()
-        shape = self._shape or shape
-        color = [int(v) for v in self._color] if self._color is not None else color
+        pinned = self.pinned or {}
+        shape = self._shape or pinned.get("shape") or shape
+        color = self._color if self._color is not None else pinned.get("color", color)
         lo, hi = self._bounds(shape, size)
         pos = torch.randint(lo, hi + 1, (2,), generator=g).tolist()
-        if self._position is not None:
-            pos = [int(v) for v in self._position]
-        return shape, color, (pos[0], pos[1])
+        pos = self._position if self._position is not None else pinned.get("position", pos)
+        return shape, [int(v) for v in color], (int(pos[0]), int(pos[1]))
 
     def apply(self, x):
         shape, color, (r, c) = self.trigger(x.shape[-1])

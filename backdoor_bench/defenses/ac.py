@@ -4,7 +4,9 @@ baseline (its appendix B.1: ART's implementation, the layer chosen as for Spectr
 
 Poisoned samples of a class are classified by a different feature (the trigger) than the clean
 ones, so the class's activations split into two groups. With the backdoored model's activations
-at `layer` (null: the penultimate features), for each class under the given labels:
+at `layer` (null: the penultimate features; a feature map is flattened to one vector per sample,
+as ART does since the fix for its issue #2313, or averaged over space with `activations: pool`;
+see training/features.py), for each class under the given labels:
 1. reduce them to `components` dimensions with FastICA (the paper; `reduce: pca` as in later ART
    releases);
 2. 2-means (k-means, seeded from the run's seed);
@@ -15,6 +17,16 @@ at `layer` (null: the penultimate features), for each class under the given labe
    smaller cluster: ART's default "smaller" analysis, the one seed 002 describes.
 A sample's score is 1 - its cluster's share of its class (the smaller cluster scores higher).
 Then the shared retrain on the kept samples.
+
+The budget is a share of a CLASS, as in Chen et al. (the poisoned share of the class the poison is
+labeled as), not of the whole set: the smaller cluster is removed when it holds under
+`size_threshold` of its class, so a class poisoned at `size_threshold` or more is left alone
+(`size_threshold: 0.5` removes the smaller cluster whatever its size, which is a coin flip when
+a class is half poisoned). An all-to-one attack that poisons a share r of the whole set of C
+balanced classes puts about rC / (1 + rC) of the target class under the trigger: half of it at
+r = 10%, C = 10 (the default BadNets and Blended). Seed 002 poisons epsilon (at most 20%) of ONE
+source class, which its ART setting (`defense=ac/seed002`, the smaller cluster of every class)
+covers.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from sklearn.metrics import silhouette_score
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 from backdoor_bench.errors import ConfigError
-from backdoor_bench.training.features import layer_features
+from backdoor_bench.training.features import ACTIVATIONS, layer_features
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +98,9 @@ def activation_clustering(
 
 
 class ActivationClustering(Defense):
-    """Args: `layer` (null: penultimate features; else a submodule name), `components` (10),
-    `reduce` (ica | pca), `criterion` (size | silhouette), `size_threshold` (0.35),
+    """Args: `layer` (null: penultimate features; else a submodule name), `activations` (flatten |
+    pool: how a feature map becomes a vector), `components` (10), `reduce` (ica | pca),
+    `criterion` (size | silhouette), `size_threshold` (0.35, a share of a class),
     `silhouette_threshold` (0.1, ART's default; used with `criterion: silhouette`)."""
 
     def __init__(
@@ -99,9 +112,14 @@ class ActivationClustering(Defense):
         criterion: str = "size",
         size_threshold: float = 0.35,
         silhouette_threshold: float = 0.1,
+        activations: str = "flatten",
         **kw,
     ):
         super().__init__(name=name, **kw)
+        if activations not in ACTIVATIONS:
+            raise ConfigError(
+                f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}"
+            )
         if reduce not in REDUCERS:
             raise ConfigError(
                 f"defense.reduce={reduce!r} is unknown: use one of {', '.join(REDUCERS)}"
@@ -121,7 +139,7 @@ class ActivationClustering(Defense):
             raise ConfigError(
                 f"defense.silhouette_threshold={silhouette_threshold} must be in [-1, 1]"
             )
-        self.layer = layer
+        self.layer, self.activations = layer, activations
         self.settings = {
             "components": int(components),
             "reduce": reduce,
@@ -131,7 +149,13 @@ class ActivationClustering(Defense):
         }
 
     def run(self, ctx: DefenseContext) -> Outcome:
-        h = layer_features(ctx.backdoored_model(), ctx.train.x, self.layer, device=ctx.device)
+        h = layer_features(
+            ctx.backdoored_model(),
+            ctx.train.x,
+            self.layer,
+            device=ctx.device,
+            activations=self.activations,
+        )
         y = ctx.train.y
         removed, scores, report = activation_clustering(h, y, **self.settings, seed=ctx.seed)
         per_class = torch.bincount(y[removed], minlength=ctx.train.num_classes).tolist()
@@ -141,6 +165,9 @@ class ActivationClustering(Defense):
         verdict = Verdict(kept=~removed, scores=scores)
         extra = {
             "layer": self.layer,
+            "activations": self.activations,
+            "feature_dim": int(h.shape[1]),
+            "size_threshold": self.settings["size_threshold"],
             "smaller_share": {str(c): share for c, (share, _) in report.items()},
             "silhouette": {str(c): sil for c, (_, sil) in report.items()},
             "removed_per_class": per_class,

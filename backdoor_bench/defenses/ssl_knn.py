@@ -2,6 +2,13 @@
 ICASSP 2023). RECONSTRUCTION: the seed's text stops before its method section, so this follows
 specs/seed_methods.md D.1, a design inferred from the abstract, not the authors' algorithm.
 
+Embedding (`embedding`): the paper (Sec. 3.2) extracts "the feature vector z from the last layer:
+z = L(E(x))", the projector L's output over the encoder E, and calls L(E(.)) the encoder. So the
+default, `embedding: projector`, runs kNN on the SimCLR projector's output (the shared backbone's
+trained projector, `model.ssl_projector`, in eval mode); `embedding: backbone` on E(x), the
+pre-projector features (specs D.1's reading). The paper's L is linear; the shared SimCLR's is
+DBD's Linear-BN-ReLU-Linear (conf/ssl).
+
 SimCLR ignores labels, so a poisoned image stays near its source class in the embedding while
 its given label is the target: its label disagrees with its neighbours'. Each round:
 1. s_i = share of the k nearest neighbours (cosine, self excluded) that carry i's label;
@@ -12,7 +19,10 @@ its given label is the target: its label disagrees with its neighbours'. Each ro
    the labels change.
 Then the shared retrain on the cleansed set.
 
-Class gate (`class_gate: outflow`, our addition to the reconstruction): even a good embedding
+Class gate (`class_gate`, an explicit option; `outflow` is our addition to the reconstruction,
+not the paper's, and `none` is spec D.1 as written; results.json records the setting and the
+classes it opened under `defense_extra`: `class_gate`, `class_threshold`, `gate_opened`,
+`net_outflow`). With `outflow`, even a good embedding
 leaves some clean samples with foreign neighbourhoods (cats among dogs), so steps 1-3 alone would
 relabel a few percent of a clean set. Seed 000's threat model is all-to-one (Sec. 2): the
 poisoned samples carry the target label but sit among their source classes, so the target class
@@ -20,7 +30,7 @@ sends far more samples to other neighbourhoods than it receives, while confusion
 classes go both ways. Per class c, the net outflow share
     A_c = (#{y_i = c, flagged, m_i != c} - #{y_i != c, m_i = c}) / #{y_i = c};
 only classes whose modified z-score 0.6745 (A_c - median A) / MAD(A) exceeds `class_threshold`
-(3.5, Iglewicz and Hoaglin's outlier rule) are cleansed. `class_gate: none` is spec D.1 as written.
+(3.5, Iglewicz and Hoaglin's outlier rule) are cleansed.
 """
 
 from __future__ import annotations
@@ -77,20 +87,43 @@ def outlier_classes(a: torch.Tensor, threshold: float = 3.5) -> torch.Tensor:
     return 0.6745 * (a - med) / mad > threshold
 
 
+EMBEDDINGS = ("projector", "backbone")
+CLASS_GATES = ("outflow", "none")
+
+
+def ssl_embedding(model: torch.nn.Module, x: torch.Tensor, embedding: str = "projector", device="cpu",
+                  batch_size: int = 1024) -> torch.Tensor:
+    """[N, d] embedding of uint8 images `x` by a SimCLR-trained `model`: `backbone`, its features
+    E(x); `projector`, z = L(E(x)) through `model.ssl_projector` (eval mode, on CPU)."""
+    h = extract_features(model, x, device=device)
+    if embedding == "backbone":
+        return h
+    proj = getattr(model, "ssl_projector", None)
+    if proj is None:
+        raise RuntimeError("embedding=projector needs the SimCLR projector (model.ssl_projector, set by the "
+                           "pipeline's ssl_backbone): use defense.embedding=backbone otherwise")
+    proj = proj.cpu().eval()
+    with torch.no_grad():
+        return torch.cat([proj(h[i:i + batch_size].float()) for i in range(0, len(h), batch_size)])
+
+
 class SSLKNN(Defense):
-    """Args: `k` (neighbours; the spec's start value 50), `filter_threshold` (tau_f, 0.5),
-    `relabel_threshold` (tau_r, 0.5), `rounds` (1 to 3), `relabel` (false: remove every flagged
-    sample instead), `class_gate` (outflow | none) and `class_threshold` (3.5)."""
+    """Args: `embedding` (projector | backbone), `k` (neighbours; the spec's start value 50),
+    `filter_threshold` (tau_f, 0.5), `relabel_threshold` (tau_r, 0.5), `rounds` (1 to 3), `relabel`
+    (false: remove every flagged sample instead), `class_gate` (outflow | none) and
+    `class_threshold` (3.5)."""
 
     def __init__(self, name: str = "ssl_knn", k: int = 50, filter_threshold: float = 0.5,
                  relabel_threshold: float = 0.5, rounds: int = 1, relabel: bool = True, class_gate: str = "outflow",
-                 class_threshold: float = 3.5, **kw):
+                 class_threshold: float = 3.5, embedding: str = "projector", **kw):
         super().__init__(name=name, **kw)
         if int(k) < 1 or int(rounds) < 1:
             raise ConfigError("defense.k and defense.rounds must be >= 1")
-        if class_gate not in ("outflow", "none"):
+        if class_gate not in CLASS_GATES:
             raise ConfigError(f"defense.class_gate={class_gate!r} is unknown: use outflow or none")
-        self.class_gate, self.class_threshold = class_gate, float(class_threshold)
+        if embedding not in EMBEDDINGS:
+            raise ConfigError(f"defense.embedding={embedding!r} is unknown: use projector or backbone")
+        self.class_gate, self.class_threshold, self.embedding = class_gate, float(class_threshold), embedding
         for key, v in (("filter_threshold", filter_threshold), ("relabel_threshold", relabel_threshold)):
             if not 0 <= float(v) <= 1:
                 raise ConfigError(f"defense.{key}={v} must be a share in [0, 1]")
@@ -100,7 +133,7 @@ class SSLKNN(Defense):
     def run(self, ctx: DefenseContext) -> Outcome:
         if ctx.ssl_backbone is None:
             raise RuntimeError("ssl_knn needs ctx.ssl_backbone: run it through the pipeline")
-        h = extract_features(ctx.ssl_backbone(), ctx.train.x, device=ctx.device)
+        h = ssl_embedding(ctx.ssl_backbone(), ctx.train.x, self.embedding, device=ctx.device)
         k = min(self.k, len(h) - 1)
         neighbours = knn_indices(h, k)
         given, labels, C = ctx.train.y.clone(), ctx.train.y.clone(), ctx.train.num_classes
@@ -109,7 +142,8 @@ class SSLKNN(Defense):
         outflow = net_outflow(given, majority, s < self.filter_threshold, C)
         targets = outlier_classes(outflow, self.class_threshold) if self.class_gate == "outflow" \
             else torch.ones(C, dtype=torch.bool)
-        log.info("ssl_knn: net outflow per class %s; cleansing classes %s", [round(float(a), 3) for a in outflow],
+        log.info("ssl_knn (%s embedding, %d-d): net outflow per class %s; class gate %s opened classes %s",
+                 self.embedding, h.shape[1], [round(float(a), 3) for a in outflow], self.class_gate,
                  targets.nonzero().flatten().tolist())
         changes = []
         for r in range(self.rounds):
@@ -127,6 +161,8 @@ class SSLKNN(Defense):
                 break
         s, _, _ = knn_consistency(neighbours, given, C)
         verdict = Verdict(kept=kept, labels=labels, scores=1 - s)  # scores: inconsistency with the given label
-        return Outcome(model=ctx.retrain(verdict), verdict=verdict,
-                       extra={"k": k, "rounds": len(changes), "changes_per_round": changes,
-                              "net_outflow": outflow.tolist(), "cleansed_classes": targets.nonzero().flatten().tolist()})
+        extra = {"embedding": self.embedding, "embedding_dim": int(h.shape[1]), "k": k, "rounds": len(changes),
+                 "changes_per_round": changes, "class_gate": self.class_gate,
+                 "class_threshold": self.class_threshold if self.class_gate == "outflow" else None,
+                 "net_outflow": outflow.tolist(), "gate_opened": targets.nonzero().flatten().tolist()}
+        return Outcome(model=ctx.retrain(verdict), verdict=verdict, extra=extra)

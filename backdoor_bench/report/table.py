@@ -59,18 +59,27 @@ def _order(values, first="none") -> list:
     return ([first] if first in seen else []) + [v for v in seen if v != first]
 
 
-def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack", keep=()) -> pd.DataFrame:
-    """Mean over seeds, in % (counts as counts), indexed by `rows`; columns (defense, metric name).
+AGGREGATES = ("mean", "median")
 
-    Runs on different datasets, models or poison rates are never averaged together: any of those
+
+def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack", keep=(),
+                agg: str = "mean") -> pd.DataFrame:
+    """The `agg` (mean or median) over the runs of each cell (seeds, or scenarios such as seed
+    002's three trigger draws per pair, whose paper reports the median), in % (counts as counts),
+    indexed by `rows`; columns (defense, metric name).
+
+    Runs on different datasets, models or poison rates are never aggregated together: any of those
     that varies, and any key in `keep`, becomes an outer index level."""
     if runs.empty:
         raise ValueError("no results.json found")
+    if agg not in AGGREGATES:
+        raise ValueError(f"agg={agg!r} is unknown: use one of {', '.join(AGGREGATES)}")
     metrics = [m for m in metrics if m in runs.columns]
     keys = [k for k in ("dataset", "model", "poison_rate")
             if k != rows and (k in keep or runs[k].nunique(dropna=False) > 1)]
     runs = runs.fillna({k: "-" for k in keys})
-    long = runs.groupby([*keys, rows, "defense"], sort=False)[metrics].mean(numeric_only=True)
+    groups = runs.groupby([*keys, rows, "defense"], sort=False)[metrics]
+    long = groups.median(numeric_only=True) if agg == "median" else groups.mean(numeric_only=True)
     long = long.mul([1 if m in COUNTS else 100 for m in metrics], axis=1)
     table = long.unstack("defense")
     table.columns = table.columns.swaplevel(0, 1)

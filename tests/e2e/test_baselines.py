@@ -37,7 +37,15 @@ def test_spectral_on_a_named_layer_of_resnet32(run_cli):
             "trainer=tiny",
         )
     )
-    assert r["defense_extra"]["layer"] == "backbone.layer3.1" and r["detection"]["n_removed"] > 0
+    extra = r["defense_extra"]
+    assert extra["layer"] == "backbone.layer3.1" and r["detection"]["n_removed"] > 0
+    # the whole 64-channel map, flattened (the default; activations=pool gives the 64 means)
+    assert (
+        extra["activations"] == "flatten"
+        and extra["feature_dim"] > 64
+        and extra["feature_dim"] % 64 == 0
+    )
+    assert extra["expected_poison_rate"] == 0.5 and extra["removed_share"] == 0.75
 
 
 def test_a_bad_layer_fails_fast_naming_the_valid_ones(run_cli):

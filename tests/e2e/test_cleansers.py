@@ -23,8 +23,21 @@ def test_cleanser_runs_end_to_end(run_cli, defense):
         assert len(extra["s_nd"]) == 10 and len(extra["s_d"]) == 10
         assert (p.out_dir / "foreign_density.png").stat().st_size > 1000
     else:
-        assert r["defense_extra"]["k"] == 50
+        extra = r["defense_extra"]
+        assert extra["k"] == 50 and extra["embedding"] == "projector" and extra["embedding_dim"] == 128
+        assert extra["class_gate"] == "outflow" and extra["class_threshold"] == 3.5
+        assert set(extra["gate_opened"]) <= set(range(10))
         assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
+
+
+def test_ssl_knn_backbone_embedding_reuses_the_cached_backbone(run_cli, tmp_path):
+    run_cli("defense=ssl_knn", "trainer=tiny", cache=tmp_path / "shared")
+    p = run_cli("defense=ssl_knn", "defense.embedding=backbone", "defense.class_gate=none", "trainer=tiny",
+                cache=tmp_path / "shared")
+    extra = results(p)["defense_extra"]
+    assert extra["embedding"] == "backbone" and extra["embedding_dim"] == 128  # small_cnn: 4 x width 32
+    assert extra["class_gate"] == "none" and extra["gate_opened"] == list(range(10))
+    assert "cache: reused ssl_backbone" in (p.out_dir / "run.log").read_text()
 
 
 def test_flow_relabel_on_supervised_features(run_cli):

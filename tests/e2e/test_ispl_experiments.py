@@ -15,8 +15,8 @@ from tests.conftest import CONF, ROOT
 
 EXPERIMENTS = {  # experiment: (model target, trainer, points)
     "table1": ("PreActResNet18", "ispl_preact", 4 * 3 * 5),
-    "table3": ("PreActResNet18", "ispl_preact", 8 * 3 * 5),
-    "table4": ("ResNet32", "ispl_resnet32", 8 * 3 * 5),
+    "table3": ("PreActResNet18", "ispl_preact", 8 * 3 * 3 * 5),
+    "table4": ("ResNet32", "ispl_resnet32", 8 * 3 * 3 * 5),
     "ablation": ("PreActResNet18", "ispl_preact", 4 * 3 * 2 * 4),
 }
 PAIRS = ["0to2", "1to3", "2to5", "3to5", "3to7", "7to4", "8to6", "9to2"]
@@ -46,6 +46,8 @@ def test_every_sweep_value_composes(compose, experiment):
             assert cfg.dataset.name == "cifar10" and cfg.trainer.max_epochs == 200
             assert cfg.attack.name == point["attack"].split("/")[-1]
             assert cfg.attack.poison_rate == float(point["attack.poison_rate"])
+            if "attack.scenario_seed" in point:
+                assert cfg.attack.scenario_seed == int(point["attack.scenario_seed"])
             assert cfg.defense.name == point["defense"].split("/")[0]
             if experiment == "table4" and cfg.defense.name == "ispl":
                 assert cfg.defense.optimizer.lr == 0.1 and cfg.defense.optimizer.weight_decay == 1e-4
@@ -73,12 +75,34 @@ def test_table1_presets_stamp_one_pixel_at_row_x_col_y(compose, pair):
     assert out[0, :, r, c].tolist() == list(cfg.color)
 
 
-def test_pair_presets_draw_their_trigger_from_scenario_seed_100(compose):
+# the authors' triggers (their generator replayed): pair -> scenario seed -> (shape, [row, col], colour)
+AUTHORS = {"3to5": {100: ("ell", [2, 14], [34, 241, 240]), 1000: ("pixel", [28, 13], [239, 42, 58]),
+                    10000: ("pattern", [7, 23], [39, 221, 162])},
+           "9to2": {100: ("pixel", [4, 27], [187, 67, 135]), 1000: ("ell", [14, 29], [69, 204, 11]),
+                    10000: ("pattern", [1, 29], [239, 186, 219])}}
+OFFSETS = {"pixel": [(0, 0)], "pattern": [(0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)], "ell": [(0, 0), (1, 0), (0, 1)]}
+
+
+def test_pair_presets_pin_the_authors_triggers_per_scenario_seed(compose):
     for pair in PAIRS:
         a = compose(f"attack=ispl/dirty_label_{pair}").attack
         s, t = map(int, pair.split("to"))
         assert (a.source, a.target, a.scenario_seed) == (s, t, 100)
         assert a.shape is None and a.color is None and a.position is None
+        assert sorted(a.triggers) == [100, 1000, 10000]
+    for pair, scenarios in AUTHORS.items():
+        for seed, (shape, (r, c), color) in scenarios.items():
+            attack = instantiate(compose(f"attack=ispl/dirty_label_{pair}", f"attack.scenario_seed={seed}").attack,
+                                 num_classes=10)
+            attack.check(10, (3, 32, 32))
+            assert attack.trigger(32) == (shape, color, (r, c))
+            out = attack.apply(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+            assert sorted((out[0].sum(0) > 0).nonzero().tolist()) == sorted([r + dr, c + dc] for dr, dc in OFFSETS[shape])
+            assert out[0, :, r, c].tolist() == color
+    # attack.triggers=null: our generator's draw, not the authors' trigger
+    ours = instantiate(compose("attack=ispl/dirty_label_3to5", "attack.triggers=null").attack, num_classes=10)
+    shape, (r, c), color = AUTHORS["3to5"][100]
+    assert ours.trigger(32) != (shape, color, (r, c)) and ours.pinned is None
 
 
 @pytest.mark.parametrize("name", ["table1", "table3", "table4", "ablation"])

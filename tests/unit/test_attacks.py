@@ -155,6 +155,28 @@ def test_dirty_label_drawn_trigger_is_seeded_and_in_bounds():
     assert shapes == {"pixel", "pattern", "ell"}
 
 
+def test_dirty_label_pinned_triggers_per_scenario_seed():
+    triggers = {100: {"shape": "ell", "position": [2, 5], "color": [1, 2, 3]},
+                1000: {"shape": "pixel", "position": [6, 0], "color": [9, 8, 7]}}
+    a = DirtyLabel(name="dl", source=1, target=2, scenario_seed=100, triggers=triggers)
+    assert a.trigger(8) == ("ell", [1, 2, 3], (2, 5))
+    out = a.apply(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    assert (out[0].sum(0) > 0).nonzero().tolist() == [[2, 5], [2, 6], [3, 5]]
+    assert DirtyLabel(name="dl", scenario_seed=1000, triggers=triggers).trigger(8) == ("pixel", [9, 8, 7], (6, 0))
+    # a seed not listed is drawn, exactly as without the table
+    drawn = DirtyLabel(name="dl", scenario_seed=7, triggers=triggers)
+    assert drawn.pinned is None and drawn.trigger(8) == DirtyLabel(name="dl", scenario_seed=7).trigger(8)
+    # explicit shape / colour / position override the pinned ones
+    b = DirtyLabel(name="dl", scenario_seed=100, triggers=triggers, color=[5, 5, 5], position=[1, 1])
+    assert b.trigger(8) == ("ell", [5, 5, 5], (1, 1))
+    with pytest.raises(ConfigError, match=r"attack.triggers\[100\].position=\[2, 5\] puts the trigger outside"):
+        a.check(10, (3, 4, 4))  # ell on 4x4: rows and columns in [0, 1]
+    with pytest.raises(ConfigError, match=r"attack.triggers\[3\].shape"):
+        DirtyLabel(name="dl", triggers={3: {"shape": "star", "position": [0, 0], "color": [0, 0, 0]}})
+    with pytest.raises(ConfigError, match=r"attack.triggers\[3\] must give"):
+        DirtyLabel(name="dl", triggers={3: {"shape": "pixel"}})
+
+
 def test_dirty_label_poisons_a_share_of_the_source_class():
     d = data(200)
     a = DirtyLabel(name="dl", source=1, target=2, poison_rate=0.25, num_classes=10)

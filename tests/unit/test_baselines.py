@@ -17,7 +17,7 @@ from backdoor_bench.defenses.spectral import (
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.models import ImageClassifier
 from backdoor_bench.models.resnet_cifar import ResNet32
-from backdoor_bench.training.features import layer_features
+from backdoor_bench.training.features import layer_features, shape_activations
 
 
 def planted(n_clean=90, n_poison=10, dim=16, shift=8.0, seed=0):
@@ -156,6 +156,35 @@ class Tiny(nn.Module):
         return self.head(self.features(x))
 
 
+def test_shape_activations_flatten_and_pool_exact():
+    out = torch.arange(16.0).reshape(2, 2, 2, 2)  # [N=2, C=2, H=2, W=2]
+    assert shape_activations(out).tolist() == [
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        [8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0],
+    ]  # channel-major: channel 0's 4 units, then channel 1's
+    assert shape_activations(out, "pool").tolist() == [[1.5, 5.5], [9.5, 13.5]]
+    vec = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert shape_activations(vec, "pool").tolist() == vec.tolist()  # a vector stays as it is
+    assert shape_activations(torch.zeros(2, 3, 4)).shape == (2, 12)
+    with pytest.raises(ConfigError, match="defense.activations"):
+        shape_activations(out, "max")
+
+
+def test_spectral_on_flattened_maps_sees_a_local_trigger_that_pooling_hides():
+    """Class 0: 8 clean maps and 2 whose unit (0, 0, 0) is raised and unit (0, 1, 1) lowered by
+    the same amount (a local 'trigger' with zero channel mean). Pooled, the poisoned maps equal
+    the clean ones; flattened, they are the top spectral scores."""
+    g = torch.Generator().manual_seed(0)
+    maps = 0.1 * torch.randn(10, 1, 2, 2, generator=g)
+    maps[8:, 0, 0, 0] += 5.0
+    maps[8:, 0, 1, 1] -= 5.0
+    y = torch.zeros(10, dtype=torch.long)
+    flat = top_share_per_class(spectral_scores(shape_activations(maps), y), y, 0.2)
+    assert flat.nonzero().flatten().tolist() == [8, 9]
+    pooled = shape_activations(maps, "pool")
+    assert torch.allclose(pooled[8:].mean(), pooled[:8].mean(), atol=0.2)
+
+
 def test_layer_features_hooks_a_named_layer():
     torch.manual_seed(0)
     model = ImageClassifier(Tiny(), (0.5,), (0.5,)).eval()
@@ -164,10 +193,15 @@ def test_layer_features_hooks_a_named_layer():
     with torch.no_grad():
         relu = model.backbone.body[:2](xf)
         assert torch.allclose(
-            layer_features(model, x, "backbone.body.1", batch_size=2), relu.mean((2, 3))
+            layer_features(model, x, "backbone.body.1", batch_size=2), relu.flatten(1)
+        )  # the default: the whole map
+        assert torch.allclose(
+            layer_features(model, x, "backbone.body.1", batch_size=2, activations="pool"),
+            relu.mean((2, 3)),
         )
         assert torch.allclose(
-            layer_features(model, x, "backbone.body.0"), model.backbone.body[0](xf).mean((2, 3))
+            layer_features(model, x, "backbone.body.0", activations="pool"),
+            model.backbone.body[0](xf).mean((2, 3)),
         )
         assert torch.allclose(
             layer_features(model, x, "backbone.head"), model(x.float() / 255)
@@ -186,6 +220,8 @@ def test_layer_features_hooks_a_named_layer():
     [
         (SpectralSignatures, {"expected_poison_rate": 0.8}, "removal_factor"),
         (SpectralSignatures, {"expected_poison_rate": 0}, "expected_poison_rate"),
+        (SpectralSignatures, {"activations": "max"}, "defense.activations"),
+        (ActivationClustering, {"activations": "max"}, "defense.activations"),
         (ActivationClustering, {"reduce": "tsne"}, "defense.reduce"),
         (ActivationClustering, {"criterion": "gap"}, "defense.criterion"),
         (ActivationClustering, {"size_threshold": 0.7}, "defense.size_threshold"),

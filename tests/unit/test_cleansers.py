@@ -163,7 +163,9 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
     for poison, expect in ((0, []), (20, [0])):
         h, y, given = _knn_world(poison)
         out = SSLKNN(k=10).run(knn_ctx(h, given))
-        assert out.extra["cleansed_classes"] == expect
+        assert out.extra["gate_opened"] == expect
+        assert out.extra["class_gate"] == "outflow" and out.extra["class_threshold"] == 3.5
+        assert out.extra["embedding"] == "projector" and out.extra["embedding_dim"] == 10
         changed = ~out.verdict.kept | (out.verdict.labels != given)
         if poison:
             hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
@@ -171,7 +173,8 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
             assert changed.sum() <= 20 + 6
         else:
             assert not changed.any()  # a clean set is left alone, confused classes included
-        ungated = SSLKNN(k=10, class_gate="none").run(knn_ctx(h, given))
+        ungated = SSLKNN(k=10, class_gate="none", embedding="backbone").run(knn_ctx(h, given))
+        assert ungated.extra["gate_opened"] == list(range(10)) and ungated.extra["class_threshold"] is None
         assert (~ungated.verdict.kept | (ungated.verdict.labels != given))[given != 0].any()  # 3 <-> 5 flips
 
 
@@ -184,3 +187,71 @@ def test_cross_fit_removes_the_memorisation_of_small_classes():
     own = label_consistency(FlowRelabel(flow=flow).log_densities(z, y, 2, 0, 150), y).mean()
     held_out = label_consistency(FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y).mean()
     assert own > 0.8 and held_out < 0.7
+
+
+def test_ssl_embedding_projector_and_backbone_exact():
+    from backdoor_bench.defenses.ssl_knn import ssl_embedding
+    from tests.unit.test_cleansers_ctx import knn_ctx
+
+    h = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    proj = torch.nn.Linear(2, 3, bias=True)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]]))
+        proj.bias.copy_(torch.tensor([0.0, 1.0, 0.5]))
+    ctx = knn_ctx(h, torch.tensor([0, 1, 1]), projector=proj)
+    z = ssl_embedding(ctx.ssl_backbone(), ctx.train.x, "projector")
+    assert z.tolist() == [[1.0, 4.0, -3.5], [3.0, 3.0, 2.5], [0.0, 1.5, -0.5]]
+    assert ssl_embedding(ctx.ssl_backbone(), ctx.train.x, "backbone").tolist() == h.tolist()
+
+
+def test_ssl_knn_projector_embedding_changes_the_neighbours():
+    """The embedding decides the neighbourhoods: the backbone features group the samples by class
+    (consistent); the projector keeps only a third coordinate g that cuts across the classes."""
+    from backdoor_bench.defenses.ssl_knn import SSLKNN
+    from tests.unit.test_cleansers_ctx import knn_ctx
+
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    g = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, -1.0])
+    h = torch.cat([10 * torch.nn.functional.one_hot(y, 2).float(), g[:, None]], 1)
+    keep_g = torch.nn.Linear(3, 2)  # z = [g, 1]
+    with torch.no_grad():
+        keep_g.weight.copy_(torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
+        keep_g.bias.copy_(torch.tensor([0.0, 1.0]))
+    kw = {"k": 2, "class_gate": "none", "relabel": False}
+    assert SSLKNN(embedding="backbone", **kw).run(knn_ctx(h, y, projector=keep_g)).verdict.kept.all()
+    out = SSLKNN(embedding="projector", **kw).run(knn_ctx(h, y, projector=keep_g))
+    # sample 2 (class 0) sits among 4 and 5 (class 1), sample 3 (class 1) among 0 and 1: s = 0;
+    # the others have one neighbour of their class each: s = 0.5, not below tau_f
+    assert out.verdict.kept.tolist() == [True, True, False, False, True, True]
+    assert out.extra["embedding_dim"] == 2
+
+
+def test_ssl_knn_rejects_an_unknown_embedding():
+    from backdoor_bench.defenses.ssl_knn import SSLKNN
+
+    with pytest.raises(ConfigError, match="defense.embedding"):
+        SSLKNN(embedding="head")
+
+
+def test_cached_model_stores_extras_and_rebuilds_an_entry_without_them(tmp_path):
+    """The SSL backbone's cache entry carries the projector: a reuse fills `extras` from it, and an
+    entry written before the projector was stored is rebuilt once."""
+    from backdoor_bench.cache import ArtifactCache
+    from backdoor_bench.pipeline import _cached_model
+
+    cache, spec, builds = ArtifactCache(tmp_path), {"role": "ssl", "x": 1}, []
+
+    def build(checkpoint=None):
+        builds.append(checkpoint)
+        extras["projector"] = {"w": torch.tensor([float(len(builds))])}
+        return torch.nn.Linear(1, 1)
+
+    cache.store("ssl_backbone", spec, {"state_dict": torch.nn.Linear(1, 1).state_dict()})  # an old entry
+    extras = {"projector": None}
+    _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1), extras)
+    assert len(builds) == 1 and extras["projector"]["w"].tolist() == [1.0]
+    extras = {"projector": None}
+    _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1), extras)
+    assert len(builds) == 1 and extras["projector"]["w"].tolist() == [1.0]  # reused, not rebuilt
+    plain = _cached_model(cache, "ssl_backbone", spec, build, lambda: torch.nn.Linear(1, 1))
+    assert len(builds) == 1 and isinstance(plain, torch.nn.Linear)  # users without extras: as before

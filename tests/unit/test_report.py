@@ -126,3 +126,24 @@ def test_a_defense_label_names_its_column_and_matches_the_ablation_reference(tmp
     t = paper_table(load_runs([tmp_path])[0], keep=("poison_rate",))
     t = with_reference(t, read_reference("ispl/ablation"))
     assert t.loc[(0.05, "dirty_label_3to5"), ("ispl[alpha=0.25,components=8]", "ACC", "paper")] == pytest.approx(92.8)
+
+
+def test_median_over_scenarios_exact(tmp_path, capsys):
+    """Three scenarios of one pair (same attack name): mean vs median, exact."""
+    for i, (acc, tmr) in enumerate([(0.90, 0.02), (0.81, 0.90), (0.96, 0.01)]):
+        write_run(tmp_path, str(i), "dirty_label_3to5", "ispl", acc, tmr, seed=0)
+    runs = load_runs([tmp_path])[0]
+    mean, median = paper_table(runs), paper_table(runs, agg="median")
+    assert mean.loc["dirty_label_3to5", ("ispl", "ACC")] == pytest.approx(89.0)
+    assert mean.loc["dirty_label_3to5", ("ispl", "ASR")] == pytest.approx(31.0)
+    assert median.loc["dirty_label_3to5", ("ispl", "ACC")] == pytest.approx(90.0)
+    assert median.loc["dirty_label_3to5", ("ispl", "ASR")] == pytest.approx(2.0)
+    small = pd.DataFrame({"dataset": ["d"] * 4, "model": ["m"] * 4, "poison_rate": [0.1] * 4,
+                          "attack": ["a"] * 4, "defense": ["none"] * 4, "acc": [0.1, 0.2, 0.4, 0.9]})
+    assert paper_table(small, ["acc"], agg="median").loc["a", ("none", "ACC")] == pytest.approx(30.0)  # even: midpoint
+    assert paper_table(small, ["acc"]).loc["a", ("none", "ACC")] == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="agg"):
+        paper_table(small, ["acc"], agg="max")
+    assert report_main([str(tmp_path), "--agg", "median"]) == 0
+    out = capsys.readouterr().out
+    assert "median over runs" in out and "90.00" in out and "2.00" in out
