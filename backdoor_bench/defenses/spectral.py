@@ -72,7 +72,7 @@ class SpectralSignatures(Defense):
         self,
         name: str = "spectral",
         layer: str | None = None,
-        expected_poison_rate: float = 0.5,
+        expected_poison_rate: float = 0.1,
         removal_factor: float = 1.5,
         min_removal: float = 0.0,
         activations: str = "flatten",
