@@ -108,6 +108,6 @@ class DBR(Defense):
                 checkpoint=checkpoint, loader=loader)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        extra = {"mode": self.mode, "rounds": rounds, **split_counts(groups)}
+        extra = {"mode": self.mode, "rounds": rounds, **split_counts(groups, ctx.train.y, ctx.train.num_classes)}
         return Outcome(model=model.cpu(), verdict=Verdict(kept=groups != POISONED, scores=scores,
                                                           trusted=groups == CLEAN), extra=extra)

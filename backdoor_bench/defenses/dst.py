@@ -108,7 +108,7 @@ class DST(Defense):
         extra = {"extractor": self.extractor, "classifier": self.classifier, "lambda_p": self.lambda_p}
         verdict = None
         if groups is not None:
-            extra.update(split_counts(groups))
+            extra.update(split_counts(groups, ctx.train.y, ctx.train.num_classes))
             verdict = Verdict(kept=groups != POISONED, scores=scores, trusted=groups == CLEAN)
         return Outcome(model=model, verdict=verdict, extra=extra)
 

@@ -129,10 +129,17 @@ def plain(d) -> dict:
     return OmegaConf.to_container(d, resolve=True) if isinstance(d, DictConfig) else dict(d or {})
 
 
-def split_counts(groups: torch.Tensor) -> dict:
-    """The split's sizes, for results.json."""
-    return {f"n_{k}": int((groups == v).sum()) for k, v in (("clean", CLEAN), ("uncertain", UNCERTAIN),
-                                                            ("poisoned", POISONED))}
+def split_counts(groups: torch.Tensor, y: torch.Tensor | None = None, num_classes: int | None = None) -> dict:
+    """The split's sizes, for results.json; with the given labels `y`, also the per-class make-up
+    of the clean and poisoned splits (`clean_per_class`, `poisoned_per_class`: counts by given
+    label), which shows a split that follows the class prior rather than the trigger."""
+    out = {f"n_{k}": int((groups == v).sum()) for k, v in (("clean", CLEAN), ("uncertain", UNCERTAIN),
+                                                           ("poisoned", POISONED))}
+    if y is not None:
+        c = int(num_classes or int(y.max()) + 1)
+        for k, v in (("clean", CLEAN), ("poisoned", POISONED)):
+            out[f"{k}_per_class"] = torch.bincount(y[groups == v].long(), minlength=c).tolist()
+    return out
 
 
 def validate_sd(sd: dict) -> None:

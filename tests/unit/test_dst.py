@@ -240,3 +240,13 @@ def test_score_histogram_takes_a_log_axis_for_scores_over_orders_of_magnitude(tm
     score_histogram(scores, flags, ~flags, tmp_path / "a.png")
     score_histogram(scores + 1.0, flags, ~flags, tmp_path / "b.png")
     assert scales == ["log"] and (tmp_path / "b.png").exists()
+
+
+def test_split_counts_per_class_make_up():
+    from backdoor_bench.defenses.sensitivity import CLEAN, POISONED, UNCERTAIN, split_counts
+
+    groups = torch.tensor([CLEAN, CLEAN, POISONED, UNCERTAIN, POISONED, CLEAN], dtype=torch.int8)
+    y = torch.tensor([0, 2, 0, 1, 0, 2])
+    assert split_counts(groups) == {"n_clean": 3, "n_uncertain": 1, "n_poisoned": 2}
+    assert split_counts(groups, y, 3) == {"n_clean": 3, "n_uncertain": 1, "n_poisoned": 2,
+                                          "clean_per_class": [1, 0, 2], "poisoned_per_class": [2, 0, 0]}
