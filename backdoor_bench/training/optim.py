@@ -10,8 +10,8 @@ from backdoor_bench.errors import ConfigError
 
 
 def configure_optimizers(params, optim: dict, max_epochs: int):
-    """SGD or Adam with a per-epoch cosine (T_max = the run's epochs, not a hard-coded 100),
-    step or constant schedule. The cosine takes two optional keys: `eta_min_factor` (the floor,
+    """SGD or Adam (optional `betas`, torch's (0.9, 0.999) by default) with a per-epoch cosine
+    (T_max = the run's epochs, not a hard-coded 100), step or constant schedule. The cosine takes two optional keys: `eta_min_factor` (the floor,
     as a share of lr) and `warmup_epochs` (a linear ramp from `warmup_from` to the cosine's value
     at the warm-up's end; SupContrast's recipe, seed 001's encoder)."""
     name, lr, wd = optim.get("name", "sgd"), float(optim["lr"]), float(optim.get("weight_decay", 0.0))
@@ -19,7 +19,7 @@ def configure_optimizers(params, optim: dict, max_epochs: int):
         opt = torch.optim.SGD(params, lr=lr, momentum=float(optim.get("momentum", 0.9)), weight_decay=wd,
                               nesterov=bool(optim.get("nesterov", False)))
     elif name == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=tuple(float(b) for b in optim.get("betas") or (0.9, 0.999)))
     else:
         raise ConfigError(f"trainer.optimizer.name={name!r} is unknown: use sgd or adam")
     schedule = optim.get("schedule", "cosine")
