@@ -9,8 +9,10 @@ import torch
 from backdoor_bench.defenses.flow_relabel import (
     FlowRelabel,
     d_scores,
+    foreign_nll,
     histogram_valley,
     label_consistency,
+    mean_log_std,
 )
 from backdoor_bench.defenses.ssl_knn import (
     knn_consistency,
@@ -69,6 +71,37 @@ def test_label_consistency_exact():
     L = torch.tensor([[0.0, -5.0], [-5.0, 0.0], [-5.0, 0.0], [-5.0, 0.0]])
     y = torch.tensor([0, 0, 1, 1])  # sample 1 looks like class 1 but is labeled 0
     assert label_consistency(L, y).tolist() == [0.5, 1.0]
+    # no class-frequency prior: three class-0 samples against one class-1 sample do not tip a tie
+    L = torch.tensor([[0.0, 0.1], [0.0, -1.0], [0.0, -1.0], [-1.0, 0.0]])
+    assert label_consistency(L, torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([2 / 3, 1.0])
+
+
+def test_foreign_nll_is_eq3_per_dimension_exact():
+    """S_ND(c) = mean over the samples NOT labeled c of -log p_c, over the dimension, plus the mean
+    log std of the features (the NLL of z / sigma)."""
+    L = torch.tensor([[-1.0, -3.0], [-2.0, -7.0], [-4.0, -0.5]])
+    y = torch.tensor([0, 0, 1])
+    # class 0's flow on sample 2: 4 nats; class 1's on samples 0 and 1: (3 + 7) / 2 = 5 nats; d = 2
+    assert foreign_nll(L, y, 2).tolist() == pytest.approx([2.0, 2.5])
+    z = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])  # stds 2 / sqrt(3) and 4 / sqrt(3)
+    assert mean_log_std(z) == pytest.approx(0.5 * math.log(8 / 3))
+    assert foreign_nll(L, y, 2, mean_log_std(z)).tolist() == pytest.approx([2.0 + 0.5 * math.log(8 / 3),
+                                                                          2.5 + 0.5 * math.log(8 / 3)])
+    assert mean_log_std(10 * z) == pytest.approx(mean_log_std(z) + math.log(10))  # scale: shifts log(10)/dim
+
+
+def test_nd_readings_are_all_logged_and_own_samples_do_not_enter_eq3():
+    """Class 0's own samples (rows 0-1) enter only the consistency reading; Eq. 3 reads rows 2-3."""
+    L = torch.tensor([[9.0, -1.0], [9.0, -1.0], [-3.0, 0.0], [-5.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    z = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])  # one dimension, std 2 / sqrt(3)
+    r = FlowRelabel().nd_scores(L, y, z)
+    assert r["foreign_nll_raw"].tolist() == pytest.approx([4.0, 1.0])
+    assert r["foreign_nll"].tolist() == pytest.approx([4.0 + math.log(2 / math.sqrt(3)), 1.0 + math.log(2 / math.sqrt(3))])
+    assert r["consistency"].tolist() == [1.0, 1.0]
+    L2 = L.clone()
+    L2[:2, 0] = -50.0  # class 0's flow forgets its own samples: Eq. 3 does not move
+    assert FlowRelabel().nd_scores(L2, y, z)["foreign_nll"].tolist() == r["foreign_nll"].tolist()
 
 
 MEANS = torch.tensor([[0.0, 0.0], [4.0, 0.0], [2.0, 3.464]])
@@ -83,8 +116,10 @@ def _clusters(extra_z=None, n=300):
     return z, y
 
 
-def _defense():
-    return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32})
+def _defense(**kw):
+    # beta_nd is a scale calibration (NOTES_flows.md): in this 2-d world of clusters 13 sigma apart
+    # the clean classes score S_ND 11.0, 4.6 and 883 nats/dim and the poisoned target 2.3
+    return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32}, beta_nd=3.0, **kw)
 
 
 def test_flows_flag_no_class_on_clean_features():
@@ -101,6 +136,8 @@ def test_flows_relabel_a_non_disruptive_poison_to_its_source():
     z, y = _clusters(poison)
     verdict, extra, *_ = _defense().cleanse(z, y, 3)
     assert extra["nd_flagged"] == [0] and extra["d_flagged"] == []
+    assert extra["s_nd"] == extra["s_nd_foreign_nll"] and extra["nd_reading"] == "foreign_nll"
+    assert extra["s_nd"][0] < 3.0 < min(extra["s_nd"][1:])
     is_poison = torch.arange(len(y)) >= 900
     relabeled = verdict.kept & (verdict.labels != y)
     assert relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95  # almost only poisoned ones
@@ -119,7 +156,8 @@ def test_flows_remove_a_disruptive_poison_cluster():
 
 
 @pytest.mark.parametrize("kw, key", [({"variant": "clip"}, "variant"), ({"sd_direction": "ge"}, "sd_direction"),
-                                     ({"alpha": 0.7}, "alpha"), ({"nd_score": "x"}, "nd_score")])
+                                     ({"alpha": 0.7}, "alpha"), ({"nd_score": "x"}, "nd_score"),
+                                     ({"nd_units": "bits"}, "nd_units")])
 def test_flow_relabel_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         FlowRelabel(**kw)
