@@ -73,13 +73,17 @@ def mean_log_std(z: torch.Tensor) -> float:
     return float(z.float().std(0).clamp_min(1e-6).log().mean())
 
 
-def foreign_nll(L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float = 0.0) -> torch.Tensor:
+def foreign_nll(
+    L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float = 0.0
+) -> torch.Tensor:
     """Eq. 3 per dimension: the mean NLL of class c's flow over the samples not labeled c, divided
     by the feature dimension `dim`, plus `log_std` (mean_log_std of the features: the NLL of the
     features divided by their per-dimension std; 0 keeps the raw units)."""
     C = L.shape[1]
     nan = torch.tensor(float("nan"))
-    return torch.stack([-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)])
+    return torch.stack(
+        [-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)]
+    )
 
 
 def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -87,8 +91,12 @@ def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     classifier argmax_k log p_k(z) assigns to c (no class prior)."""
     C = L.shape[1]
     pred = L.argmax(1)
-    return torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
-                        for c in range(C)])
+    return torch.stack(
+        [
+            (pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
+            for c in range(C)
+        ]
+    )
 
 
 def foreign_max(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -139,28 +147,59 @@ class FlowRelabel(Defense):
     foreign_nll), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
     transforms, epochs, batch_size, lr, betas)."""
 
-    def __init__(self, name: str = "flow_relabel", variant: str = "full", beta_nd: float = 0.6,
-                 beta_d: float = 0.05, lam: float = 0.75, alpha: float = 0.15, sd_direction: str = "gt",
-                 nd_score: str = "foreign_nll", nd_units: str = "standardized", standardize: bool = False,
-                 bins: int = 30, cross_fit: bool = False, flow: dict | None = None, **kw):
+    def __init__(
+        self,
+        name: str = "flow_relabel",
+        variant: str = "full",
+        beta_nd: float = 0.6,
+        beta_d: float = 0.05,
+        lam: float = 0.75,
+        alpha: float = 0.15,
+        sd_direction: str = "gt",
+        nd_score: str = "foreign_nll",
+        nd_units: str = "standardized",
+        standardize: bool = False,
+        bins: int = 30,
+        cross_fit: bool = False,
+        flow: dict | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if variant not in ("full", "supervised"):
-            raise ConfigError(f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised")
+            raise ConfigError(
+                f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised"
+            )
         if sd_direction not in ("gt", "lt"):
             raise ConfigError(f"defense.sd_direction={sd_direction!r} is unknown: use gt or lt")
         if nd_score not in ("foreign_nll", "consistency"):
-            raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency")
+            raise ConfigError(
+                f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency"
+            )
         if nd_units not in ("standardized", "raw"):
             raise ConfigError(f"defense.nd_units={nd_units!r} is unknown: use standardized or raw")
         if not 0 < float(alpha) <= 0.5:
-            raise ConfigError(f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
-                              "poisoned (and as many called clean)")
-        self.variant, self.beta_nd, self.beta_d, self.lam, self.alpha = variant, float(beta_nd), float(beta_d), \
-            float(lam), float(alpha)
+            raise ConfigError(
+                f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
+                "poisoned (and as many called clean)"
+            )
+        self.variant, self.beta_nd, self.beta_d, self.lam, self.alpha = (
+            variant,
+            float(beta_nd),
+            float(beta_d),
+            float(lam),
+            float(alpha),
+        )
         self.sd_direction, self.nd_score, self.nd_units = sd_direction, nd_score, nd_units
         self.standardize, self.bins, self.cross_fit = bool(standardize), int(bins), bool(cross_fit)
-        self.flow = {"hidden": 512, "transforms": 2, "epochs": 50, "batch_size": 16, "lr": 1e-3,
-                     "betas": [0.9, 0.99], **(flow or {})}
+        self.flow = {
+            "hidden": 512,
+            "transforms": 2,
+            "epochs": 50,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "betas": [0.9, 0.99],
+            **(flow or {}),
+        }
 
     def features(self, ctx: DefenseContext) -> torch.Tensor:
         if self.variant == "supervised":
@@ -175,34 +214,60 @@ class FlowRelabel(Defense):
     def run(self, ctx: DefenseContext) -> Outcome:
         z, y, C = self.features(ctx), ctx.train.y, ctx.train.num_classes
         epochs = ctx.stage_length(int(self.flow["epochs"]))
-        spec = {"variant": self.variant, "standardize": self.standardize, "cross_fit": self.cross_fit,
-                "flow": dict(self.flow), "epochs": epochs, "seed": ctx.seed}
-        L = ctx.cached("flow_log_densities", spec,
-                       lambda: {"L": self.log_densities(z, y, C, ctx.seed, epochs, ctx.device)})["L"]
+        spec = {
+            "variant": self.variant,
+            "standardize": self.standardize,
+            "cross_fit": self.cross_fit,
+            "flow": dict(self.flow),
+            "epochs": epochs,
+            "seed": ctx.seed,
+        }
+        L = ctx.cached(
+            "flow_log_densities",
+            spec,
+            lambda: {"L": self.log_densities(z, y, C, ctx.seed, epochs, ctx.device)},
+        )["L"]
         verdict, extra, v, mus, flagged = self.decide(L, y, z, epochs)
         self._figure(ctx, v, y, mus, flagged)
         return Outcome(model=ctx.retrain(verdict), verdict=verdict, extra=extra)
 
-    def cleanse(self, z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0, epochs: int | None = None,
-                device="cpu"):
+    def cleanse(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        seed: int = 0,
+        epochs: int | None = None,
+        device="cpu",
+    ):
         """Steps 2-5 on features `z` with given labels `y`, the flows fitted on `device`:
         (verdict, extra, v, mu, flagged classes)."""
         epochs = int(epochs or self.flow["epochs"])
-        return self.decide(self.log_densities(z, y, num_classes, seed, epochs, device), y, z, epochs)
+        return self.decide(
+            self.log_densities(z, y, num_classes, seed, epochs, device), y, z, epochs
+        )
 
-    def nd_scores(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    def nd_scores(
+        self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """S_ND per class under every reading: Eq. 3 per dimension in standardised units and in the
         raw units of `z`, and the label consistency."""
         d = z.shape[1]
-        return {"foreign_nll": foreign_nll(L, y, d, mean_log_std(z)), "foreign_nll_raw": foreign_nll(L, y, d),
-                "consistency": label_consistency(L, y)}
+        return {
+            "foreign_nll": foreign_nll(L, y, d, mean_log_std(z)),
+            "foreign_nll_raw": foreign_nll(L, y, d),
+            "consistency": label_consistency(L, y),
+        }
 
     def decide(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor, epochs: int):
         """Steps 3-5 from the log-density matrix L [N, C] of features `z`:
         (verdict, extra, v, mu, flagged classes)."""
         readings = self.nd_scores(L, y, z)
-        key = "consistency" if self.nd_score == "consistency" else \
-            ("foreign_nll" if self.nd_units == "standardized" else "foreign_nll_raw")
+        key = (
+            "consistency"
+            if self.nd_score == "consistency"
+            else ("foreign_nll" if self.nd_units == "standardized" else "foreign_nll_raw")
+        )
         s_nd = readings[key]
         s_d, mus = d_scores(L, y, self.lam, self.bins)
         nd_flag = s_nd < self.beta_nd
@@ -218,26 +283,54 @@ class FlowRelabel(Defense):
             suspicion[idx] = sus
             order = idx[torch.argsort(sus, descending=True, stable=True)]
             n = int(round(self.alpha * len(idx)))
-            poisoned, ignored = order[:n], order[n:len(idx) - n]
+            poisoned, ignored = order[:n], order[n : len(idx) - n]
             kept[ignored] = False
             if nd_flag[c]:
                 labels[poisoned] = foreign[poisoned]
             else:
                 kept[poisoned] = False
-        log.info("flow_relabel: S_ND (%s) %s; S_D %s", key, [round(float(v), 3) for v in s_nd],
-                 [round(float(v), 3) for v in s_d])
-        log.info("flow_relabel: ND-flagged %s, D-flagged %s; %d relabeled, %d removed",
-                 nd_flag.nonzero().flatten().tolist(), d_flag.nonzero().flatten().tolist(),
-                 int((kept & (labels != y)).sum()), int((~kept).sum()))
-        extra = {"s_nd": s_nd.tolist(), "nd_reading": key, **{f"s_nd_{k}": v.tolist() for k, v in readings.items()},
-                 "feature_mean_log_std": mean_log_std(z), "feature_dim": int(z.shape[1]),
-                 "s_d": s_d.tolist(), "mu": mus.tolist(),
-                 "nd_flagged": nd_flag.nonzero().flatten().tolist(), "d_flagged": d_flag.nonzero().flatten().tolist(),
-                 "flow_epochs": epochs}
-        return Verdict(kept=kept, labels=labels, scores=suspicion), extra, foreign_max(L, y), mus, nd_flag | d_flag
+        log.info(
+            "flow_relabel: S_ND (%s) %s; S_D %s",
+            key,
+            [round(float(v), 3) for v in s_nd],
+            [round(float(v), 3) for v in s_d],
+        )
+        log.info(
+            "flow_relabel: ND-flagged %s, D-flagged %s; %d relabeled, %d removed",
+            nd_flag.nonzero().flatten().tolist(),
+            d_flag.nonzero().flatten().tolist(),
+            int((kept & (labels != y)).sum()),
+            int((~kept).sum()),
+        )
+        extra = {
+            "s_nd": s_nd.tolist(),
+            "nd_reading": key,
+            **{f"s_nd_{k}": v.tolist() for k, v in readings.items()},
+            "feature_mean_log_std": mean_log_std(z),
+            "feature_dim": int(z.shape[1]),
+            "s_d": s_d.tolist(),
+            "mu": mus.tolist(),
+            "nd_flagged": nd_flag.nonzero().flatten().tolist(),
+            "d_flagged": d_flag.nonzero().flatten().tolist(),
+            "flow_epochs": epochs,
+        }
+        return (
+            Verdict(kept=kept, labels=labels, scores=suspicion),
+            extra,
+            foreign_max(L, y),
+            mus,
+            nd_flag | d_flag,
+        )
 
-    def log_densities(self, z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, epochs: int,
-                      device="cpu") -> torch.Tensor:
+    def log_densities(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        seed: int,
+        epochs: int,
+        device="cpu",
+    ) -> torch.Tensor:
         """L[i, c] = log p_c(z_i) from one flow per class (Sec. 4.3), or with `cross_fit` from two
         flows per class fitted on random halves (see the module docstring)."""
         f = self.flow
@@ -245,7 +338,9 @@ class FlowRelabel(Defense):
         def fitted(zc: torch.Tensor, s: int):
             torch.manual_seed(s)
             flow = make_flow(z.shape[1], int(f["hidden"]), int(f["transforms"]))
-            nll = fit_flow(flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device)
+            nll = fit_flow(
+                flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device
+            )
             return flow, nll[-1]
 
         cols = []
@@ -254,21 +349,41 @@ class FlowRelabel(Defense):
             if not self.cross_fit:
                 flow, nll = fitted(z[idx], seed + c)
                 cols.append(log_density_matrix([flow], z)[:, 0])
-                log.info("flow for class %d: %d samples, NLL %.2f after %d epochs", c, len(idx), nll, epochs)
+                log.info(
+                    "flow for class %d: %d samples, NLL %.2f after %d epochs",
+                    c,
+                    len(idx),
+                    nll,
+                    epochs,
+                )
                 continue
-            halves = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))].tensor_split(2)
+            halves = idx[
+                torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))
+            ].tensor_split(2)
             flows = [fitted(z[h], seed + c + 1000 * k) for k, h in enumerate(halves)]
             L2 = log_density_matrix([fl for fl, _ in flows], z)  # [N, 2]
             col = L2.logsumexp(1) - math.log(2)  # the mixture, for every sample outside class c
-            col[halves[0]], col[halves[1]] = L2[halves[0], 1], L2[halves[1], 0]  # held-out for its own samples
+            col[halves[0]], col[halves[1]] = (
+                L2[halves[0], 1],
+                L2[halves[1], 0],
+            )  # held-out for its own samples
             cols.append(col)
-            log.info("flows for class %d: 2 x %d samples, NLL %.2f / %.2f after %d epochs, held-out NLL %.2f", c,
-                     len(halves[0]), flows[0][1], flows[1][1], epochs, float(-col[idx].mean()))
+            log.info(
+                "flows for class %d: 2 x %d samples, NLL %.2f / %.2f after %d epochs, held-out NLL %.2f",
+                c,
+                len(halves[0]),
+                flows[0][1],
+                flows[1][1],
+                epochs,
+                float(-col[idx].mean()),
+            )
         return torch.stack(cols, 1)
 
     def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
         """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
         try:
-            foreign_density_histograms(v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins)
+            foreign_density_histograms(
+                v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins
+            )
         except Exception as e:  # a figure never costs a result
             log.warning("could not draw the foreign-density histograms: %s", e)

@@ -50,11 +50,13 @@ def test_knn_flags_a_planted_label_flip():
 
 def test_flow_log_density_is_the_gaussian_when_the_couplings_are_identity():
     flow = make_flow(4, hidden=8, transforms=2)
-    for coupling in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
+    for (
+        coupling
+    ) in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
         for p in coupling.hyper[-1].parameters():
             torch.nn.init.zeros_(p)
     z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 3.0]])
-    expected = -0.5 * (z ** 2).sum(1) - 2 * math.log(2 * math.pi)
+    expected = -0.5 * (z**2).sum(1) - 2 * math.log(2 * math.pi)
     assert torch.allclose(log_density_matrix([flow], z).squeeze(1), expected, atol=1e-5)
 
 
@@ -85,9 +87,12 @@ def test_foreign_nll_is_eq3_per_dimension_exact():
     assert foreign_nll(L, y, 2).tolist() == pytest.approx([2.0, 2.5])
     z = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])  # stds 2 / sqrt(3) and 4 / sqrt(3)
     assert mean_log_std(z) == pytest.approx(0.5 * math.log(8 / 3))
-    assert foreign_nll(L, y, 2, mean_log_std(z)).tolist() == pytest.approx([2.0 + 0.5 * math.log(8 / 3),
-                                                                          2.5 + 0.5 * math.log(8 / 3)])
-    assert mean_log_std(10 * z) == pytest.approx(mean_log_std(z) + math.log(10))  # scale: shifts log(10)/dim
+    assert foreign_nll(L, y, 2, mean_log_std(z)).tolist() == pytest.approx(
+        [2.0 + 0.5 * math.log(8 / 3), 2.5 + 0.5 * math.log(8 / 3)]
+    )
+    assert mean_log_std(10 * z) == pytest.approx(
+        mean_log_std(z) + math.log(10)
+    )  # scale: shifts log(10)/dim
 
 
 def test_nd_readings_are_all_logged_and_own_samples_do_not_enter_eq3():
@@ -97,7 +102,9 @@ def test_nd_readings_are_all_logged_and_own_samples_do_not_enter_eq3():
     z = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])  # one dimension, std 2 / sqrt(3)
     r = FlowRelabel().nd_scores(L, y, z)
     assert r["foreign_nll_raw"].tolist() == pytest.approx([4.0, 1.0])
-    assert r["foreign_nll"].tolist() == pytest.approx([4.0 + math.log(2 / math.sqrt(3)), 1.0 + math.log(2 / math.sqrt(3))])
+    assert r["foreign_nll"].tolist() == pytest.approx(
+        [4.0 + math.log(2 / math.sqrt(3)), 1.0 + math.log(2 / math.sqrt(3))]
+    )
     assert r["consistency"].tolist() == [1.0, 1.0]
     L2 = L.clone()
     L2[:2, 0] = -50.0  # class 0's flow forgets its own samples: Eq. 3 does not move
@@ -131,8 +138,12 @@ def test_flows_flag_no_class_on_clean_features():
 
 def test_flows_relabel_a_non_disruptive_poison_to_its_source():
     g = torch.Generator().manual_seed(1)
-    poison = torch.cat([MEANS[1] + 0.3 * torch.randn(150, 2, generator=g),
-                        MEANS[2] + 0.3 * torch.randn(150, 2, generator=g)])  # labeled 0, look like 1 and 2
+    poison = torch.cat(
+        [
+            MEANS[1] + 0.3 * torch.randn(150, 2, generator=g),
+            MEANS[2] + 0.3 * torch.randn(150, 2, generator=g),
+        ]
+    )  # labeled 0, look like 1 and 2
     z, y = _clusters(poison)
     verdict, extra, *_ = _defense().cleanse(z, y, 3)
     assert extra["nd_flagged"] == [0] and extra["d_flagged"] == []
@@ -140,7 +151,9 @@ def test_flows_relabel_a_non_disruptive_poison_to_its_source():
     assert extra["s_nd"][0] < 3.0 < min(extra["s_nd"][1:])
     is_poison = torch.arange(len(y)) >= 900
     relabeled = verdict.kept & (verdict.labels != y)
-    assert relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95  # almost only poisoned ones
+    assert (
+        relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95
+    )  # almost only poisoned ones
     true = torch.cat([torch.arange(3).repeat_interleave(300), torch.tensor([1] * 150 + [2] * 150)])
     assert (verdict.labels[relabeled] == true[relabeled]).float().mean() > 0.9
     assert not verdict.kept[~is_poison & (y != 0)].logical_not().any()  # other classes untouched
@@ -155,9 +168,16 @@ def test_flows_remove_a_disruptive_poison_cluster():
     assert not verdict.kept[is_poison].any() and (verdict.labels == y).all()
 
 
-@pytest.mark.parametrize("kw, key", [({"variant": "clip"}, "variant"), ({"sd_direction": "ge"}, "sd_direction"),
-                                     ({"alpha": 0.7}, "alpha"), ({"nd_score": "x"}, "nd_score"),
-                                     ({"nd_units": "bits"}, "nd_units")])
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"variant": "clip"}, "variant"),
+        ({"sd_direction": "ge"}, "sd_direction"),
+        ({"alpha": 0.7}, "alpha"),
+        ({"nd_score": "x"}, "nd_score"),
+        ({"nd_units": "bits"}, "nd_units"),
+    ],
+)
 def test_flow_relabel_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         FlowRelabel(**kw)
@@ -172,13 +192,19 @@ def test_knn_votes_only_from_voters():
 
 def test_net_outflow_exact():
     y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
-    majority = torch.tensor([1, 2, 0, 0, 1, 0, 2, 2])  # two class-0 samples sit elsewhere, one class-1 among 0s
+    majority = torch.tensor(
+        [1, 2, 0, 0, 1, 0, 2, 2]
+    )  # two class-0 samples sit elsewhere, one class-1 among 0s
     flagged = torch.tensor([True, True, False, False, False, True, False, False])
     a = net_outflow(y, majority, flagged, 3)
     # class 0: (2 out - 1 in) / 4; class 1: (1 out - 1 in) / 2; class 2: (0 - 1) / 2
     assert a.tolist() == pytest.approx([0.25, 0.0, -0.5])
-    assert outlier_classes(torch.tensor([0.0, 0.01, -0.01, 0.02, 0.5, -0.02, 0.0, 0.01, 0.0, -0.01])).nonzero().flatten().tolist() == [4]
-    assert not outlier_classes(torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])).any()
+    assert outlier_classes(
+        torch.tensor([0.0, 0.01, -0.01, 0.02, 0.5, -0.02, 0.0, 0.01, 0.0, -0.01])
+    ).nonzero().flatten().tolist() == [4]
+    assert not outlier_classes(
+        torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])
+    ).any()
 
 
 def _knn_world(poison: int, seed: int = 0):
@@ -190,7 +216,7 @@ def _knn_world(poison: int, seed: int = 0):
     y = torch.arange(10).repeat_interleave(60)
     h = centres[y] + torch.randn(600, 10, generator=g)
     given = y.clone()
-    given[60:60 + poison] = 0
+    given[60 : 60 + poison] = 0
     return h, y, given
 
 
@@ -204,13 +230,19 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
         assert out.extra["cleansed_classes"] == expect
         changed = ~out.verdict.kept | (out.verdict.labels != given)
         if poison:
-            hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
-            assert hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()  # back to the source
+            hit = changed[
+                60:80
+            ]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
+            assert (
+                hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()
+            )  # back to the source
             assert changed.sum() <= 20 + 6
         else:
             assert not changed.any()  # a clean set is left alone, confused classes included
         ungated = SSLKNN(k=10, class_gate="none").run(knn_ctx(h, given))
-        assert (~ungated.verdict.kept | (ungated.verdict.labels != given))[given != 0].any()  # 3 <-> 5 flips
+        assert (~ungated.verdict.kept | (ungated.verdict.labels != given))[
+            given != 0
+        ].any()  # 3 <-> 5 flips
 
 
 def test_cross_fit_removes_the_memorisation_of_small_classes():
@@ -220,5 +252,7 @@ def test_cross_fit_removes_the_memorisation_of_small_classes():
     z, y = torch.randn(48, 8, generator=g), torch.arange(2).repeat_interleave(24)
     flow = {"hidden": 64, "epochs": 150, "batch_size": 16, "lr": 3e-3}
     own = label_consistency(FlowRelabel(flow=flow).log_densities(z, y, 2, 0, 150), y).mean()
-    held_out = label_consistency(FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y).mean()
+    held_out = label_consistency(
+        FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y
+    ).mean()
     assert own > 0.8 and held_out < 0.7
