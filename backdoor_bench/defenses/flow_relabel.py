@@ -1,5 +1,5 @@
 """Per-class normalizing flows on self-supervised features, then relabeling (seed 004: Sabolic,
-Grubisic, Segvic, ICLR'24 submission / BMVC'24; specs/seed_methods.md E).
+Grubisic, Segvic, ICLR'24 submission / BMVC'24).
 
 1. Features z = f(x): the shared SimCLR backbone's (`ctx.ssl_backbone()`, with `ssl=flows` the
    paper's recipe; `variant=supervised` uses the backdoored model's, Table 3), as the backbone
@@ -17,9 +17,9 @@ Grubisic, Segvic, ICLR'24 submission / BMVC'24; specs/seed_methods.md E).
      dimension j's std over the training set (the log-Jacobian of z -> z / sigma; zero when
      `standardize: true`). This makes S_ND invariant to the backbone's feature scale, on which a
      raw per-dimension NLL shifts by log(scale). `nd_units: raw` drops that term. On digits the
-     clean classes score 7.6 to 127 and the BadNets target -3.0 (NOTES_flows.md), so 0.6 sits
+     non-target classes of a clean and a BadNets run score 3.8 to 127, the BadNets target -3.0: 0.6 sits
      in the gap; the threshold is a calibration, not a paper value on a known scale.
-   - `nd_score: consistency` (the previous reading, specs E.1.4): the share of class y's own
+   - `nd_score: consistency` (the previous default, our reconstruction): the share of class y's own
      samples that argmax_k log p_k assigns to y (no class prior), flagged below beta_ND. Those
      samples trained p_y, so memorisation makes every class look consistent.
    Both readings are logged in `extra` (`s_nd_foreign_nll`, `s_nd_foreign_nll_raw`,
@@ -27,8 +27,8 @@ Grubisic, Segvic, ICLR'24 submission / BMVC'24; specs/seed_methods.md E).
    - disruptive: v_y(z) = max over other classes of log p (Eq. 4); mu_y = the minimum of a 30-bin
      histogram of class y's v values left of the `lam` point of its range; S_D(y) = the share
      below mu_y (Eq. 5). The text says both "exceeds beta_D" and "less than beta_D"; S_D is an
-     outlier mass (about 0 on clean classes), so we flag S_D > beta_D (`sd_direction: gt`, spec
-     E.2's sanity rule; "lt" is the other reading).
+     outlier mass (about 0 on clean classes), so we flag S_D > beta_D (`sd_direction: gt`,
+     the side of the threshold clean classes never reach; "lt" is the other reading).
 4. Poisoning score s_y(z) = log p_y(z) - max_{y' != y} log p_y'(z) (Eq. 6, in logs). In a flagged
    class, the `alpha` share most suspicious becomes D_P (non-disruptive: lowest score;
    disruptive: highest), the `alpha` share least suspicious stays clean, the middle is ignored
@@ -87,7 +87,7 @@ def foreign_nll(
 
 
 def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The `consistency` reading (specs E.1.4): the share of class c's samples that the generative
+    """The `consistency` reading (our reconstruction, not the paper's): the share of class c's samples that the generative
     classifier argmax_k log p_k(z) assigns to c (no class prior)."""
     C = L.shape[1]
     pred = L.argmax(1)

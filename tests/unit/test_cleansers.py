@@ -124,7 +124,7 @@ def _clusters(extra_z=None, n=300):
 
 
 def _defense(**kw):
-    # beta_nd is a scale calibration (NOTES_flows.md): in this 2-d world of clusters 13 sigma apart
+    # beta_nd is a scale calibration (see flow_relabel.py): in this 2-d world of clusters 13 sigma apart
     # the clean classes score S_ND 11.0, 4.6 and 883 nats/dim and the poisoned target 2.3
     return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32}, beta_nd=3.0, **kw)
 

@@ -1,4 +1,4 @@
-"""configure_optimizers: Adam's betas from the config (seed 004's SimCLR and flows use (0.9, 0.99))."""
+"""configure_optimizers: Adam's betas from the config (Sabolic et al.'s SimCLR and flows use (0.9, 0.99))."""
 
 import torch
 
