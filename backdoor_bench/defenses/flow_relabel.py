@@ -1,22 +1,34 @@
 """Per-class normalizing flows on self-supervised features, then relabeling (seed 004: Sabolic,
-Grubisic, Segvic, ICLR'24 submission; specs/seed_methods.md E).
+Grubisic, Segvic, ICLR'24 submission / BMVC'24).
 
-1. Features z: the shared SimCLR backbone's (`ctx.ssl_backbone()`; `variant=supervised` uses the
-   backdoored model's, Table 3), L2-normalised and standardised per dimension (spec E.1.1).
+1. Features z = f(x): the shared SimCLR backbone's (`ctx.ssl_backbone()`, with `ssl=flows` the
+   paper's recipe; `variant=supervised` uses the backdoored model's, Table 3), as the backbone
+   gives them (Sec. 4.3). `standardize: true` (off by default; not in the paper) L2-normalises
+   them and standardises every dimension first.
 2. One flow per class, fitted on that class's features (Sec. 4.3, Eq. 2); L[i, c] = log p_c(z_i).
+   L is cached per features and flow settings, so a rerun with other thresholds refits nothing.
 3. Target classes (Sec. 4.4):
-   - non-disruptive: Eq. 3 defines S_ND(y) as the mean NLL of class y's flow over foreign
-     samples, flagged below beta_ND = 0.6. A raw NLL has no scale on which 0.6 means anything
-     (it grows with the dimension and with how a flow extrapolates), so by default
-     (`nd_score: consistency`) S_ND(y) is spec E.1.4's label consistency: the share of class y's
-     samples that the generative classifier assigns to y. Clean classes score about the SSL
-     probe accuracy; the target class loses its poisoned share. `nd_score: foreign_nll` is
-     Eq. 3 divided by its maximum over classes, flagged below beta_ND.
+   - non-disruptive, `nd_score: foreign_nll` (default): Eq. 3, S_ND(y) = the mean NLL of class
+     y's flow over the samples NOT labeled y, which that flow never fitted. The target class's
+     flow learned the poisoned samples, which look like their source classes, so it gives
+     foreign samples moderate densities and its S_ND is low; flagged below beta_ND = 0.6.
+     Scale (the text gives none): nats per feature dimension (Eq. 3 / d), expressed in units of
+     the per-dimension standardised features, i.e. plus mean_j log sigma_j where sigma_j is
+     dimension j's std over the training set (the log-Jacobian of z -> z / sigma; zero when
+     `standardize: true`). This makes S_ND invariant to the backbone's feature scale, on which a
+     raw per-dimension NLL shifts by log(scale). `nd_units: raw` drops that term. On digits the
+     non-target classes of a clean and a BadNets run score 3.8 to 127, the BadNets target -3.0: 0.6 sits
+     in the gap; the threshold is a calibration, not a paper value on a known scale.
+   - `nd_score: consistency` (the previous default, our reconstruction): the share of class y's own
+     samples that argmax_k log p_k assigns to y (no class prior), flagged below beta_ND. Those
+     samples trained p_y, so memorisation makes every class look consistent.
+   Both readings are logged in `extra` (`s_nd_foreign_nll`, `s_nd_foreign_nll_raw`,
+   `s_nd_consistency`); no detection score uses a class-frequency prior.
    - disruptive: v_y(z) = max over other classes of log p (Eq. 4); mu_y = the minimum of a 30-bin
      histogram of class y's v values left of the `lam` point of its range; S_D(y) = the share
      below mu_y (Eq. 5). The text says both "exceeds beta_D" and "less than beta_D"; S_D is an
-     outlier mass (about 0 on clean classes), so we flag S_D > beta_D (`sd_direction: gt`, spec
-     E.2's sanity rule; "lt" is the other reading).
+     outlier mass (about 0 on clean classes), so we flag S_D > beta_D (`sd_direction: gt`,
+     the side of the threshold clean classes never reach; "lt" is the other reading).
 4. Poisoning score s_y(z) = log p_y(z) - max_{y' != y} log p_y'(z) (Eq. 6, in logs). In a flagged
    class, the `alpha` share most suspicious becomes D_P (non-disruptive: lowest score;
    disruptive: highest), the `alpha` share least suspicious stays clean, the middle is ignored
@@ -25,11 +37,10 @@ Grubisic, Segvic, ICLR'24 submission; specs/seed_methods.md E).
    the disruptive case (Table 2: relabeling only occurs for non-disruptive attacks). Then the
    shared retrain.
 
-`cross_fit` (our option, off by default): a flow scores the very samples it was fitted on, and
-when a class has few samples for its dimension it memorises them, poisoned ones included, so
-every class looks consistent. With `cross_fit: true` each class gets two flows, one per random
-half; a sample's density under its own class comes from the flow of the other half, and under
-any other class from the mixture of both (the same number of optimisation steps in total).
+`cross_fit` (our option, off by default): with `nd_score: consistency` a flow scores the very
+samples it was fitted on. With `cross_fit: true` each class gets two flows, one per random half;
+a sample's density under its own class comes from the flow of the other half, and under any other
+class from the mixture of both (the same number of optimisation steps in total).
 """
 
 from __future__ import annotations
@@ -56,20 +67,36 @@ def standardize(h: torch.Tensor) -> torch.Tensor:
     return (z - z.mean(0)) / z.std(0).clamp_min(1e-6)
 
 
-def foreign_nll(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Eq. 3 as written: the mean NLL of class c's flow over the samples not labeled c."""
+def mean_log_std(z: torch.Tensor) -> float:
+    """mean_j log sigma_j over the feature dimensions (sigma_j: dimension j's std over the set,
+    floored at 1e-6): the per-dimension log-Jacobian of z -> z / sigma."""
+    return float(z.float().std(0).clamp_min(1e-6).log().mean())
+
+
+def foreign_nll(
+    L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float = 0.0
+) -> torch.Tensor:
+    """Eq. 3 per dimension: the mean NLL of class c's flow over the samples not labeled c, divided
+    by the feature dimension `dim`, plus `log_std` (mean_log_std of the features: the NLL of the
+    features divided by their per-dimension std; 0 keeps the raw units)."""
     C = L.shape[1]
-    return torch.stack([-L[y != c, c].mean() if (y != c).any() else torch.tensor(float("nan")) for c in range(C)])
+    nan = torch.tensor(float("nan"))
+    return torch.stack(
+        [-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)]
+    )
 
 
 def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Spec E.1.4's S_ND(c): the share of class c's samples that the generative classifier
-    (argmax_k log p_k(z) + log prior_k, prior = class frequencies) assigns to c."""
+    """The `consistency` reading (our reconstruction, not the paper's): the share of class c's samples that the generative
+    classifier argmax_k log p_k(z) assigns to c (no class prior)."""
     C = L.shape[1]
-    prior = torch.bincount(y, minlength=C).float().clamp_min(1).log()
-    pred = (L + prior).argmax(1)
-    return torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
-                        for c in range(C)])
+    pred = L.argmax(1)
+    return torch.stack(
+        [
+            (pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
+            for c in range(C)
+        ]
+    )
 
 
 def foreign_max(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,28 +143,63 @@ def poisoning_score(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class FlowRelabel(Defense):
     """Args: `variant` (`full`: SSL features; `supervised`: the backdoored model's, Table 3),
     `beta_nd` (0.6), `beta_d` (0.05), `lam` (0.75), `alpha` (0.15), `sd_direction` (gt | lt),
-    `nd_score` (consistency | foreign_nll), `bins` (30), `cross_fit` (false), `flow` (hidden,
+    `nd_score` (foreign_nll | consistency), `nd_units` (standardized | raw: the scale of
+    foreign_nll), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
     transforms, epochs, batch_size, lr, betas)."""
 
-    def __init__(self, name: str = "flow_relabel", variant: str = "full", beta_nd: float = 0.6,
-                 beta_d: float = 0.05, lam: float = 0.75, alpha: float = 0.15, sd_direction: str = "gt",
-                 nd_score: str = "consistency", bins: int = 30, cross_fit: bool = False, flow: dict | None = None,
-                 **kw):
+    def __init__(
+        self,
+        name: str = "flow_relabel",
+        variant: str = "full",
+        beta_nd: float = 0.6,
+        beta_d: float = 0.05,
+        lam: float = 0.75,
+        alpha: float = 0.15,
+        sd_direction: str = "gt",
+        nd_score: str = "foreign_nll",
+        nd_units: str = "standardized",
+        standardize: bool = False,
+        bins: int = 30,
+        cross_fit: bool = False,
+        flow: dict | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if variant not in ("full", "supervised"):
-            raise ConfigError(f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised")
+            raise ConfigError(
+                f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised"
+            )
         if sd_direction not in ("gt", "lt"):
             raise ConfigError(f"defense.sd_direction={sd_direction!r} is unknown: use gt or lt")
-        if nd_score not in ("consistency", "foreign_nll"):
-            raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use consistency or foreign_nll")
+        if nd_score not in ("foreign_nll", "consistency"):
+            raise ConfigError(
+                f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency"
+            )
+        if nd_units not in ("standardized", "raw"):
+            raise ConfigError(f"defense.nd_units={nd_units!r} is unknown: use standardized or raw")
         if not 0 < float(alpha) <= 0.5:
-            raise ConfigError(f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
-                              "poisoned (and as many called clean)")
-        self.variant, self.beta_nd, self.beta_d, self.lam, self.alpha = variant, float(beta_nd), float(beta_d), \
-            float(lam), float(alpha)
-        self.sd_direction, self.nd_score, self.bins, self.cross_fit = sd_direction, nd_score, int(bins), bool(cross_fit)
-        self.flow = {"hidden": 512, "transforms": 2, "epochs": 50, "batch_size": 16, "lr": 1e-3,
-                     "betas": [0.9, 0.99], **(flow or {})}
+            raise ConfigError(
+                f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
+                "poisoned (and as many called clean)"
+            )
+        self.variant, self.beta_nd, self.beta_d, self.lam, self.alpha = (
+            variant,
+            float(beta_nd),
+            float(beta_d),
+            float(lam),
+            float(alpha),
+        )
+        self.sd_direction, self.nd_score, self.nd_units = sd_direction, nd_score, nd_units
+        self.standardize, self.bins, self.cross_fit = bool(standardize), int(bins), bool(cross_fit)
+        self.flow = {
+            "hidden": 512,
+            "transforms": 2,
+            "epochs": 50,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "betas": [0.9, 0.99],
+            **(flow or {}),
+        }
 
     def features(self, ctx: DefenseContext) -> torch.Tensor:
         if self.variant == "supervised":
@@ -146,26 +208,67 @@ class FlowRelabel(Defense):
             raise RuntimeError("flow_relabel needs ctx.ssl_backbone: run it through the pipeline")
         else:
             model = ctx.ssl_backbone()
-        return standardize(extract_features(model, ctx.train.x, device=ctx.device))
+        h = extract_features(model, ctx.train.x, device=ctx.device).float()
+        return standardize(h) if self.standardize else h
 
     def run(self, ctx: DefenseContext) -> Outcome:
-        z = self.features(ctx)
-        verdict, extra, v, mus, flagged = self.cleanse(z, ctx.train.y, ctx.train.num_classes, ctx.seed,
-                                                       ctx.stage_length(int(self.flow["epochs"])), ctx.device)
-        self._figure(ctx, v, ctx.train.y, mus, flagged)
+        z, y, C = self.features(ctx), ctx.train.y, ctx.train.num_classes
+        epochs = ctx.stage_length(int(self.flow["epochs"]))
+        spec = {
+            "variant": self.variant,
+            "standardize": self.standardize,
+            "cross_fit": self.cross_fit,
+            "flow": dict(self.flow),
+            "epochs": epochs,
+            "seed": ctx.seed,
+        }
+        L = ctx.cached(
+            "flow_log_densities",
+            spec,
+            lambda: {"L": self.log_densities(z, y, C, ctx.seed, epochs, ctx.device)},
+        )["L"]
+        verdict, extra, v, mus, flagged = self.decide(L, y, z, epochs)
+        self._figure(ctx, v, y, mus, flagged)
         return Outcome(model=ctx.retrain(verdict), verdict=verdict, extra=extra)
 
-    def cleanse(self, z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0, epochs: int | None = None,
-                device="cpu"):
+    def cleanse(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        seed: int = 0,
+        epochs: int | None = None,
+        device="cpu",
+    ):
         """Steps 2-5 on features `z` with given labels `y`, the flows fitted on `device`:
         (verdict, extra, v, mu, flagged classes)."""
         epochs = int(epochs or self.flow["epochs"])
-        L = self.log_densities(z, y, num_classes, seed, epochs, device)
-        if self.nd_score == "consistency":
-            s_nd = label_consistency(L, y)
-        else:
-            nll = foreign_nll(L, y)
-            s_nd = nll / nll.max()
+        return self.decide(
+            self.log_densities(z, y, num_classes, seed, epochs, device), y, z, epochs
+        )
+
+    def nd_scores(
+        self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """S_ND per class under every reading: Eq. 3 per dimension in standardised units and in the
+        raw units of `z`, and the label consistency."""
+        d = z.shape[1]
+        return {
+            "foreign_nll": foreign_nll(L, y, d, mean_log_std(z)),
+            "foreign_nll_raw": foreign_nll(L, y, d),
+            "consistency": label_consistency(L, y),
+        }
+
+    def decide(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor, epochs: int):
+        """Steps 3-5 from the log-density matrix L [N, C] of features `z`:
+        (verdict, extra, v, mu, flagged classes)."""
+        readings = self.nd_scores(L, y, z)
+        key = (
+            "consistency"
+            if self.nd_score == "consistency"
+            else ("foreign_nll" if self.nd_units == "standardized" else "foreign_nll_raw")
+        )
+        s_nd = readings[key]
         s_d, mus = d_scores(L, y, self.lam, self.bins)
         nd_flag = s_nd < self.beta_nd
         d_flag = (s_d > self.beta_d) if self.sd_direction == "gt" else (s_d < self.beta_d)
@@ -180,22 +283,54 @@ class FlowRelabel(Defense):
             suspicion[idx] = sus
             order = idx[torch.argsort(sus, descending=True, stable=True)]
             n = int(round(self.alpha * len(idx)))
-            poisoned, ignored = order[:n], order[n:len(idx) - n]
+            poisoned, ignored = order[:n], order[n : len(idx) - n]
             kept[ignored] = False
             if nd_flag[c]:
                 labels[poisoned] = foreign[poisoned]
             else:
                 kept[poisoned] = False
-        log.info("flow_relabel: ND-flagged %s, D-flagged %s; %d relabeled, %d removed",
-                 nd_flag.nonzero().flatten().tolist(), d_flag.nonzero().flatten().tolist(),
-                 int((kept & (labels != y)).sum()), int((~kept).sum()))
-        extra = {"s_nd": s_nd.tolist(), "s_d": s_d.tolist(), "mu": mus.tolist(),
-                 "nd_flagged": nd_flag.nonzero().flatten().tolist(), "d_flagged": d_flag.nonzero().flatten().tolist(),
-                 "flow_epochs": epochs}
-        return Verdict(kept=kept, labels=labels, scores=suspicion), extra, foreign_max(L, y), mus, nd_flag | d_flag
+        log.info(
+            "flow_relabel: S_ND (%s) %s; S_D %s",
+            key,
+            [round(float(v), 3) for v in s_nd],
+            [round(float(v), 3) for v in s_d],
+        )
+        log.info(
+            "flow_relabel: ND-flagged %s, D-flagged %s; %d relabeled, %d removed",
+            nd_flag.nonzero().flatten().tolist(),
+            d_flag.nonzero().flatten().tolist(),
+            int((kept & (labels != y)).sum()),
+            int((~kept).sum()),
+        )
+        extra = {
+            "s_nd": s_nd.tolist(),
+            "nd_reading": key,
+            **{f"s_nd_{k}": v.tolist() for k, v in readings.items()},
+            "feature_mean_log_std": mean_log_std(z),
+            "feature_dim": int(z.shape[1]),
+            "s_d": s_d.tolist(),
+            "mu": mus.tolist(),
+            "nd_flagged": nd_flag.nonzero().flatten().tolist(),
+            "d_flagged": d_flag.nonzero().flatten().tolist(),
+            "flow_epochs": epochs,
+        }
+        return (
+            Verdict(kept=kept, labels=labels, scores=suspicion),
+            extra,
+            foreign_max(L, y),
+            mus,
+            nd_flag | d_flag,
+        )
 
-    def log_densities(self, z: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int, epochs: int,
-                      device="cpu") -> torch.Tensor:
+    def log_densities(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        seed: int,
+        epochs: int,
+        device="cpu",
+    ) -> torch.Tensor:
         """L[i, c] = log p_c(z_i) from one flow per class (Sec. 4.3), or with `cross_fit` from two
         flows per class fitted on random halves (see the module docstring)."""
         f = self.flow
@@ -203,7 +338,9 @@ class FlowRelabel(Defense):
         def fitted(zc: torch.Tensor, s: int):
             torch.manual_seed(s)
             flow = make_flow(z.shape[1], int(f["hidden"]), int(f["transforms"]))
-            nll = fit_flow(flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device)
+            nll = fit_flow(
+                flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device
+            )
             return flow, nll[-1]
 
         cols = []
@@ -212,21 +349,41 @@ class FlowRelabel(Defense):
             if not self.cross_fit:
                 flow, nll = fitted(z[idx], seed + c)
                 cols.append(log_density_matrix([flow], z)[:, 0])
-                log.info("flow for class %d: %d samples, NLL %.2f after %d epochs", c, len(idx), nll, epochs)
+                log.info(
+                    "flow for class %d: %d samples, NLL %.2f after %d epochs",
+                    c,
+                    len(idx),
+                    nll,
+                    epochs,
+                )
                 continue
-            halves = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))].tensor_split(2)
+            halves = idx[
+                torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))
+            ].tensor_split(2)
             flows = [fitted(z[h], seed + c + 1000 * k) for k, h in enumerate(halves)]
             L2 = log_density_matrix([fl for fl, _ in flows], z)  # [N, 2]
             col = L2.logsumexp(1) - math.log(2)  # the mixture, for every sample outside class c
-            col[halves[0]], col[halves[1]] = L2[halves[0], 1], L2[halves[1], 0]  # held-out for its own samples
+            col[halves[0]], col[halves[1]] = (
+                L2[halves[0], 1],
+                L2[halves[1], 0],
+            )  # held-out for its own samples
             cols.append(col)
-            log.info("flows for class %d: 2 x %d samples, NLL %.2f / %.2f after %d epochs, held-out NLL %.2f", c,
-                     len(halves[0]), flows[0][1], flows[1][1], epochs, float(-col[idx].mean()))
+            log.info(
+                "flows for class %d: 2 x %d samples, NLL %.2f / %.2f after %d epochs, held-out NLL %.2f",
+                c,
+                len(halves[0]),
+                flows[0][1],
+                flows[1][1],
+                epochs,
+                float(-col[idx].mean()),
+            )
         return torch.stack(cols, 1)
 
     def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
         """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
         try:
-            foreign_density_histograms(v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins)
+            foreign_density_histograms(
+                v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins
+            )
         except Exception as e:  # a figure never costs a result
             log.warning("could not draw the foreign-density histograms: %s", e)

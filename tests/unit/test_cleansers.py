@@ -9,8 +9,10 @@ import torch
 from backdoor_bench.defenses.flow_relabel import (
     FlowRelabel,
     d_scores,
+    foreign_nll,
     histogram_valley,
     label_consistency,
+    mean_log_std,
 )
 from backdoor_bench.defenses.ssl_knn import (
     knn_consistency,
@@ -48,11 +50,13 @@ def test_knn_flags_a_planted_label_flip():
 
 def test_flow_log_density_is_the_gaussian_when_the_couplings_are_identity():
     flow = make_flow(4, hidden=8, transforms=2)
-    for coupling in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
+    for (
+        coupling
+    ) in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
         for p in coupling.hyper[-1].parameters():
             torch.nn.init.zeros_(p)
     z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 3.0]])
-    expected = -0.5 * (z ** 2).sum(1) - 2 * math.log(2 * math.pi)
+    expected = -0.5 * (z**2).sum(1) - 2 * math.log(2 * math.pi)
     assert torch.allclose(log_density_matrix([flow], z).squeeze(1), expected, atol=1e-5)
 
 
@@ -69,6 +73,42 @@ def test_label_consistency_exact():
     L = torch.tensor([[0.0, -5.0], [-5.0, 0.0], [-5.0, 0.0], [-5.0, 0.0]])
     y = torch.tensor([0, 0, 1, 1])  # sample 1 looks like class 1 but is labeled 0
     assert label_consistency(L, y).tolist() == [0.5, 1.0]
+    # no class-frequency prior: three class-0 samples against one class-1 sample do not tip a tie
+    L = torch.tensor([[0.0, 0.1], [0.0, -1.0], [0.0, -1.0], [-1.0, 0.0]])
+    assert label_consistency(L, torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([2 / 3, 1.0])
+
+
+def test_foreign_nll_is_eq3_per_dimension_exact():
+    """S_ND(c) = mean over the samples NOT labeled c of -log p_c, over the dimension, plus the mean
+    log std of the features (the NLL of z / sigma)."""
+    L = torch.tensor([[-1.0, -3.0], [-2.0, -7.0], [-4.0, -0.5]])
+    y = torch.tensor([0, 0, 1])
+    # class 0's flow on sample 2: 4 nats; class 1's on samples 0 and 1: (3 + 7) / 2 = 5 nats; d = 2
+    assert foreign_nll(L, y, 2).tolist() == pytest.approx([2.0, 2.5])
+    z = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])  # stds 2 / sqrt(3) and 4 / sqrt(3)
+    assert mean_log_std(z) == pytest.approx(0.5 * math.log(8 / 3))
+    assert foreign_nll(L, y, 2, mean_log_std(z)).tolist() == pytest.approx(
+        [2.0 + 0.5 * math.log(8 / 3), 2.5 + 0.5 * math.log(8 / 3)]
+    )
+    assert mean_log_std(10 * z) == pytest.approx(
+        mean_log_std(z) + math.log(10)
+    )  # scale: shifts log(10)/dim
+
+
+def test_nd_readings_are_all_logged_and_own_samples_do_not_enter_eq3():
+    """Class 0's own samples (rows 0-1) enter only the consistency reading; Eq. 3 reads rows 2-3."""
+    L = torch.tensor([[9.0, -1.0], [9.0, -1.0], [-3.0, 0.0], [-5.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    z = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])  # one dimension, std 2 / sqrt(3)
+    r = FlowRelabel().nd_scores(L, y, z)
+    assert r["foreign_nll_raw"].tolist() == pytest.approx([4.0, 1.0])
+    assert r["foreign_nll"].tolist() == pytest.approx(
+        [4.0 + math.log(2 / math.sqrt(3)), 1.0 + math.log(2 / math.sqrt(3))]
+    )
+    assert r["consistency"].tolist() == [1.0, 1.0]
+    L2 = L.clone()
+    L2[:2, 0] = -50.0  # class 0's flow forgets its own samples: Eq. 3 does not move
+    assert FlowRelabel().nd_scores(L2, y, z)["foreign_nll"].tolist() == r["foreign_nll"].tolist()
 
 
 MEANS = torch.tensor([[0.0, 0.0], [4.0, 0.0], [2.0, 3.464]])
@@ -83,8 +123,10 @@ def _clusters(extra_z=None, n=300):
     return z, y
 
 
-def _defense():
-    return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32})
+def _defense(**kw):
+    # beta_nd is a scale calibration (see flow_relabel.py): in this 2-d world of clusters 13 sigma apart
+    # the clean classes score S_ND 11.0, 4.6 and 883 nats/dim and the poisoned target 2.3
+    return FlowRelabel(flow={"hidden": 32, "epochs": 15, "batch_size": 32}, beta_nd=3.0, **kw)
 
 
 def test_flows_flag_no_class_on_clean_features():
@@ -96,14 +138,22 @@ def test_flows_flag_no_class_on_clean_features():
 
 def test_flows_relabel_a_non_disruptive_poison_to_its_source():
     g = torch.Generator().manual_seed(1)
-    poison = torch.cat([MEANS[1] + 0.3 * torch.randn(150, 2, generator=g),
-                        MEANS[2] + 0.3 * torch.randn(150, 2, generator=g)])  # labeled 0, look like 1 and 2
+    poison = torch.cat(
+        [
+            MEANS[1] + 0.3 * torch.randn(150, 2, generator=g),
+            MEANS[2] + 0.3 * torch.randn(150, 2, generator=g),
+        ]
+    )  # labeled 0, look like 1 and 2
     z, y = _clusters(poison)
     verdict, extra, *_ = _defense().cleanse(z, y, 3)
     assert extra["nd_flagged"] == [0] and extra["d_flagged"] == []
+    assert extra["s_nd"] == extra["s_nd_foreign_nll"] and extra["nd_reading"] == "foreign_nll"
+    assert extra["s_nd"][0] < 3.0 < min(extra["s_nd"][1:])
     is_poison = torch.arange(len(y)) >= 900
     relabeled = verdict.kept & (verdict.labels != y)
-    assert relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95  # almost only poisoned ones
+    assert (
+        relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95
+    )  # almost only poisoned ones
     true = torch.cat([torch.arange(3).repeat_interleave(300), torch.tensor([1] * 150 + [2] * 150)])
     assert (verdict.labels[relabeled] == true[relabeled]).float().mean() > 0.9
     assert not verdict.kept[~is_poison & (y != 0)].logical_not().any()  # other classes untouched
@@ -118,8 +168,16 @@ def test_flows_remove_a_disruptive_poison_cluster():
     assert not verdict.kept[is_poison].any() and (verdict.labels == y).all()
 
 
-@pytest.mark.parametrize("kw, key", [({"variant": "clip"}, "variant"), ({"sd_direction": "ge"}, "sd_direction"),
-                                     ({"alpha": 0.7}, "alpha"), ({"nd_score": "x"}, "nd_score")])
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"variant": "clip"}, "variant"),
+        ({"sd_direction": "ge"}, "sd_direction"),
+        ({"alpha": 0.7}, "alpha"),
+        ({"nd_score": "x"}, "nd_score"),
+        ({"nd_units": "bits"}, "nd_units"),
+    ],
+)
 def test_flow_relabel_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         FlowRelabel(**kw)
@@ -134,13 +192,19 @@ def test_knn_votes_only_from_voters():
 
 def test_net_outflow_exact():
     y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
-    majority = torch.tensor([1, 2, 0, 0, 1, 0, 2, 2])  # two class-0 samples sit elsewhere, one class-1 among 0s
+    majority = torch.tensor(
+        [1, 2, 0, 0, 1, 0, 2, 2]
+    )  # two class-0 samples sit elsewhere, one class-1 among 0s
     flagged = torch.tensor([True, True, False, False, False, True, False, False])
     a = net_outflow(y, majority, flagged, 3)
     # class 0: (2 out - 1 in) / 4; class 1: (1 out - 1 in) / 2; class 2: (0 - 1) / 2
     assert a.tolist() == pytest.approx([0.25, 0.0, -0.5])
-    assert outlier_classes(torch.tensor([0.0, 0.01, -0.01, 0.02, 0.5, -0.02, 0.0, 0.01, 0.0, -0.01])).nonzero().flatten().tolist() == [4]
-    assert not outlier_classes(torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])).any()
+    assert outlier_classes(
+        torch.tensor([0.0, 0.01, -0.01, 0.02, 0.5, -0.02, 0.0, 0.01, 0.0, -0.01])
+    ).nonzero().flatten().tolist() == [4]
+    assert not outlier_classes(
+        torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])
+    ).any()
 
 
 def _knn_world(poison: int, seed: int = 0):
@@ -152,7 +216,7 @@ def _knn_world(poison: int, seed: int = 0):
     y = torch.arange(10).repeat_interleave(60)
     h = centres[y] + torch.randn(600, 10, generator=g)
     given = y.clone()
-    given[60:60 + poison] = 0
+    given[60 : 60 + poison] = 0
     return h, y, given
 
 
@@ -168,8 +232,12 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
         assert out.extra["embedding"] == "projector" and out.extra["embedding_dim"] == 10
         changed = ~out.verdict.kept | (out.verdict.labels != given)
         if poison:
-            hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
-            assert hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()  # back to the source
+            hit = changed[
+                60:80
+            ]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
+            assert (
+                hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()
+            )  # back to the source
             assert changed.sum() <= 20 + 6
         else:
             assert not changed.any()  # a clean set is left alone, confused classes included
@@ -185,7 +253,9 @@ def test_cross_fit_removes_the_memorisation_of_small_classes():
     z, y = torch.randn(48, 8, generator=g), torch.arange(2).repeat_interleave(24)
     flow = {"hidden": 64, "epochs": 150, "batch_size": 16, "lr": 3e-3}
     own = label_consistency(FlowRelabel(flow=flow).log_densities(z, y, 2, 0, 150), y).mean()
-    held_out = label_consistency(FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y).mean()
+    held_out = label_consistency(
+        FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y
+    ).mean()
     assert own > 0.8 and held_out < 0.7
 
 
