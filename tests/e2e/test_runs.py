@@ -22,7 +22,9 @@ E2E_ATTACKS = [a for a in group_members("attack") if not a.startswith("ispl/") a
 
 @pytest.mark.parametrize("attack", E2E_ATTACKS)
 def test_every_attack_runs_end_to_end(run_cli, attack):
-    p = run_cli(f"attack={attack}", "trainer=tiny")
+    # the pair presets pin the authors' triggers on 32x32 images: on 16x16 digits draw our own
+    pinned = ["attack.triggers=null"] if attack.startswith("ispl/") and not attack.endswith("_pixel") else []
+    p = run_cli(f"attack={attack}", "trainer=tiny", *pinned)
     r = results(p)
     assert set(r) >= {"metrics", "detection", "config", "timing", "versions", "data"}
     assert set(r["metrics"]) >= {"acc", "acc_nontarget", "asr", "ra"}
