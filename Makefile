@@ -22,6 +22,7 @@ run: $(STAMP)
 ## make test: the fast suite (under 20 minutes on 2 CPU cores)
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -m "not slow" -q
 
 ## make test-slow: real-data checks on the CIFAR-10 JPEG copy (skipped when it is absent)

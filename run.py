@@ -1,8 +1,8 @@
 """Run one experiment point, or a sweep with -m.  See README.md.
 
-    python run.py                                   # digits + small_cnn + BadNets, no defense
-    python run.py attack=blended trainer=tiny
-    python run.py -m experiment=core/attacks
+python run.py                                   # digits + small_cnn + BadNets, no defense
+python run.py attack=blended trainer=tiny
+python run.py -m experiment=core/attacks
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ def main(cfg: DictConfig) -> float | None:
         return None
     m = results["metrics"]
     summary = {k: (round(v, 4) if v is not None else None) for k, v in m.items()}
-    print(f"result {cfg.dataset.name} {cfg.attack.name} {cfg.defense.name}: {json.dumps(summary)}  "
-          f"({results['timing']['total']:.1f}s, {out_dir}/results.json)")
+    print(
+        f"result {cfg.dataset.name} {cfg.attack.name} {cfg.defense.name}: {json.dumps(summary)}  "
+        f"({results['timing']['total']:.1f}s, {out_dir}/results.json)"
+    )
     return m["acc"]
 
 

@@ -107,8 +107,13 @@ class ArtifactCache:
     def store(self, kind: str, spec: dict, payload) -> Path:
         entry = self.entry(kind, spec)
         atomic_torch_save(entry / "payload.pt", payload)
-        meta = {"kind": kind, "key": entry.name, "spec": spec, "sha256": sha256_file(entry / "payload.pt"),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {
+            "kind": kind,
+            "key": entry.name,
+            "spec": spec,
+            "sha256": sha256_file(entry / "payload.pt"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_json(entry / "meta.json", meta)
         return entry
 

@@ -57,8 +57,9 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Tensor, path: Path,
-                    title: str = "") -> Path:
+def score_histogram(
+    scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Tensor, path: Path, title: str = ""
+) -> Path:
     """A defense's per-sample scores (higher = more suspicious), clean and poisoned samples apart,
     with the kept samples' range shaded: where the verdict's line falls between the two. Samples
     a defense did not score (NaN, e.g. outside flow_relabel's flagged classes) are left out."""
@@ -67,8 +68,9 @@ def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Te
     fig, ax = plt.subplots(figsize=(6, 3.2))
     lo, hi = float(scores.min()), float(scores.max())
     log_x = lo > 0 and hi / lo > 100  # scores spanning orders of magnitude (e.g. seed 001's FCT)
-    bins = (torch.logspace(math.log10(lo), math.log10(hi) + 1e-6, 41) if log_x
-            else torch.linspace(lo, hi + 1e-6, 41)).tolist()
+    bins = (
+        torch.logspace(math.log10(lo), math.log10(hi) + 1e-6, 41) if log_x else torch.linspace(lo, hi + 1e-6, 41)
+    ).tolist()
     ax.hist(scores[~poisoned].tolist(), bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})")
     ax.hist(scores[poisoned].tolist(), bins=bins, alpha=0.6, label=f"poisoned ({int(poisoned.sum())})", color="C3")
     if kept.any() and (~kept).any():
@@ -83,8 +85,9 @@ def score_histogram(scores: torch.Tensor, poisoned: torch.Tensor, kept: torch.Te
     return save_figure(fig, path)
 
 
-def foreign_density_histograms(v: torch.Tensor, y: torch.Tensor, mus: torch.Tensor, flagged: torch.Tensor,
-                               path: Path, bins: int = 30) -> Path:
+def foreign_density_histograms(
+    v: torch.Tensor, y: torch.Tensor, mus: torch.Tensor, flagged: torch.Tensor, path: Path, bins: int = 30
+) -> Path:
     """Seed 004's Figure 3: per class, the maximum foreign log-density of its samples, with the
     valley mu that splits off the outliers; flagged classes in red."""
     classes = sorted(set(y.tolist()))
@@ -97,7 +100,7 @@ def foreign_density_histograms(v: torch.Tensor, y: torch.Tensor, mus: torch.Tens
         ax.axvline(float(mus[c]), color="k", lw=0.8, ls="--")
         ax.set_title(f"class {c}" + (" (flagged)" if bool(flagged[c]) else ""), fontsize=8)
         ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(classes):]:
+    for ax in list(axes.flat)[len(classes) :]:
         ax.axis("off")
     fig.suptitle("max foreign log-density v per class (dashed: valley mu)", fontsize=9)
     fig.tight_layout()

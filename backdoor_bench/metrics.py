@@ -12,8 +12,13 @@ def _mean(mask: torch.Tensor) -> float | None:
     return int(mask.sum()) / mask.numel() if mask.numel() else None
 
 
-def attack_metrics(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor,
-                   y_target: torch.Tensor, asr_mask: torch.Tensor) -> dict:
+def attack_metrics(
+    pred_clean: torch.Tensor,
+    pred_triggered: torch.Tensor,
+    y: torch.Tensor,
+    y_target: torch.Tensor,
+    asr_mask: torch.Tensor,
+) -> dict:
     """Clean accuracy and backdoor metrics from test predictions.
 
     Args:
@@ -35,8 +40,14 @@ def attack_metrics(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: to
     }
 
 
-def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: torch.Tensor,
-                      poisoned: torch.Tensor, y_true: torch.Tensor, trusted: torch.Tensor | None = None) -> dict:
+def detection_metrics(
+    kept: torch.Tensor,
+    labels: torch.Tensor | None,
+    given: torch.Tensor,
+    poisoned: torch.Tensor,
+    y_true: torch.Tensor,
+    trusted: torch.Tensor | None = None,
+) -> dict:
     """How well a defense's verdict on the training set matches the ground truth.
 
     A sample is flagged when the defense removes it (`~kept`) or gives it a new label
@@ -57,19 +68,25 @@ def detection_metrics(kept: torch.Tensor, labels: torch.Tensor | None, given: to
         "tpr": tp / n_pos if n_pos else None,
         "fpr": fp / n_neg if n_neg else None,
         "precision": tp / (tp + fp) if tp + fp else None,
-        "tp": tp, "fp": fp, "fn": n_pos - tp,
+        "tp": tp,
+        "fp": fp,
+        "fn": n_pos - tp,
         "n_flagged": int(flagged.sum()),
         "n_removed": int((~kept).sum()),
         "n_relabeled": int(relabeled.sum()),
         "kept_poison_rate": _mean(poisoned[kept]),
         "relabel_acc": _mean(labels[rp] == y_true[rp]) if labels is not None else None,
-        **({"trusted_purity": _mean(~poisoned[trusted.bool()]), "n_trusted": int(trusted.sum())}
-           if trusted is not None else {}),
+        **(
+            {"trusted_purity": _mean(~poisoned[trusted.bool()]), "n_trusted": int(trusted.sum())}
+            if trusted is not None
+            else {}
+        ),
     }
 
 
-def targeted_misclassification_rate(pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor,
-                                    source: int, target: int) -> float | None:
+def targeted_misclassification_rate(
+    pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor, source: int, target: int
+) -> float | None:
     """Seed 002's TMR over source-class test images: the share predicted as `target` when triggered
     and as `source` (correctly) when clean (specs/seed_methods.md section 0)."""
     m = y == source

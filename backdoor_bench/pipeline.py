@@ -76,14 +76,21 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
     if attack.needs_tools:
         attack.bind(attack_tools(cfg, train, cache, train_model, fit_module))
     with _stage(timings, "poison"):
-        spec = {"data": fingerprint, "mean": list(train.mean), "std": list(train.std),
-                "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
-                "seed": cfg.seed, "version": backdoor_bench.__version__,
-                **({"tools": attack.tools.spec} if attack.needs_tools else {})}
+        spec = {
+            "data": fingerprint,
+            "mean": list(train.mean),
+            "std": list(train.std),
+            "attack": attack.poison_spec(OmegaConf.to_container(cfg.attack, resolve=True)),
+            "seed": cfg.seed,
+            "version": backdoor_bench.__version__,
+            **({"tools": attack.tools.spec} if attack.needs_tools else {}),
+        }
         poisoned = PoisonedSet.from_payload(
-            cache.get_or_build("poisoned_set", spec, lambda: attack.poison(train, cfg.seed).to_payload()))
-        log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train),
-                 attack.name)
+            cache.get_or_build("poisoned_set", spec, lambda: attack.poison(train, cfg.seed).to_payload())
+        )
+        log.info(
+            "poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train), attack.name
+        )
 
     ssl_backbone = ssl_trainer(cfg, cache, fit_module)
     ctx = _context(cfg, poisoned, train, defense, train_model, fit_module, ssl_backbone, cache, out_dir)
@@ -92,17 +99,22 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
 
     with _stage(timings, "evaluate"):
         triggered = attack.apply(test.x)
-        kw = {"batch_size": cfg.trainer.eval_batch_size, "device": eval_device(cfg.trainer),
-              "bf16": str(cfg.trainer.precision).startswith("bf16")}
+        kw = {
+            "batch_size": cfg.trainer.eval_batch_size,
+            "device": eval_device(cfg.trainer),
+            "bf16": str(cfg.trainer.precision).startswith("bf16"),
+        }
         pred_clean, pred_triggered = predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw)
-        metrics = {**attack_metrics(pred_clean, pred_triggered, test.y, attack.target_label(test.y),
-                                    attack.asr_mask(test.y)),
-                   **attack.extra_metrics(pred_clean, pred_triggered, test.y)}
+        metrics = {
+            **attack_metrics(pred_clean, pred_triggered, test.y, attack.target_label(test.y), attack.asr_mask(test.y)),
+            **attack.extra_metrics(pred_clean, pred_triggered, test.y),
+        }
         detection = None
         if outcome.verdict is not None:
             v = outcome.verdict
-            detection = detection_metrics(v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true,
-                                          v.trusted)
+            detection = detection_metrics(
+                v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true, v.trusted
+            )
 
     results = {
         "metrics": metrics,
@@ -111,9 +123,14 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "timing": {**timings, "total": round(sum(v for k, v in timings.items() if "/" not in k), 3)},
         "versions": versions(),
-        "data": {"name": cfg.dataset.name, "fingerprint": fingerprint, "n_train": len(train),
-                 "n_test": len(test), "n_poisoned": int(poisoned.poisoned.sum()),
-                 "n_cover": int(poisoned.cover.sum())},
+        "data": {
+            "name": cfg.dataset.name,
+            "fingerprint": fingerprint,
+            "n_train": len(train),
+            "n_test": len(test),
+            "n_poisoned": int(poisoned.poisoned.sum()),
+            "n_cover": int(poisoned.cover.sum()),
+        },
         "cache": cache.events,
     }
     atomic_write_json(out_dir / "results.json", results)
@@ -122,15 +139,20 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, logger) -> dict:
     images = {}
     try:
         show = _gallery_indices(test, attack)
-        images["trigger_gallery"] = trigger_gallery([(attack.name, test.x[show], triggered[show])],
-                                                    out_dir / "trigger_gallery.png")
+        images["trigger_gallery"] = trigger_gallery(
+            [(attack.name, test.x[show], triggered[show])], out_dir / "trigger_gallery.png"
+        )
     except Exception as e:  # a figure never costs a result
         log.warning("could not draw the trigger gallery: %s", e)
     if outcome.verdict is not None and outcome.verdict.scores is not None:
         try:
             images["score_histogram"] = score_histogram(
-                outcome.verdict.scores, poisoned.poisoned, outcome.verdict.kept, out_dir / "score_histogram.png",
-                f"{defense.name} scores, {attack.name} (kept: {int(outcome.verdict.kept.sum())})")
+                outcome.verdict.scores,
+                poisoned.poisoned,
+                outcome.verdict.kept,
+                out_dir / "score_histogram.png",
+                f"{defense.name} scores, {attack.name} (kept: {int(outcome.verdict.kept.sum())})",
+            )
         except Exception as e:
             log.warning("could not draw the score histogram: %s", e)
     log_final(logger, results, images)
@@ -154,16 +176,33 @@ def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
     `fit_module` (any Lightning module with the run's trainer), shared by attacks and defenses."""
     data_cfg, tcfg = cfg.dataset, cfg.trainer
 
-    def fit_module(module: pl.LightningModule, data: ImageSet, name: str, max_epochs: int | None = None,
-                   augment: bool = True, checkpoint: Path | None = None, **kw) -> pl.LightningModule:
+    def fit_module(
+        module: pl.LightningModule,
+        data: ImageSet,
+        name: str,
+        max_epochs: int | None = None,
+        augment: bool = True,
+        checkpoint: Path | None = None,
+        **kw,
+    ) -> pl.LightningModule:
         """Train any Lightning module on `data` with the run's trainer settings and augmentation."""
         with _stage(timings, f"train/{name}"):
-            return fit(module, data.x, data.y, tcfg, max_epochs=int(max_epochs or tcfg.max_epochs),
-                       augment=augmentation(data_cfg) if augment else None, seed=cfg.seed, logger=logger,
-                       checkpoint=checkpoint, **kw)
+            return fit(
+                module,
+                data.x,
+                data.y,
+                tcfg,
+                max_epochs=int(max_epochs or tcfg.max_epochs),
+                augment=augmentation(data_cfg) if augment else None,
+                seed=cfg.seed,
+                logger=logger,
+                checkpoint=checkpoint,
+                **kw,
+            )
 
-    def train_model(data: ImageSet, name: str, cache_spec: dict | None = None, loss: str = "ce",
-                    max_epochs: int | None = None) -> torch.nn.Module:
+    def train_model(
+        data: ImageSet, name: str, cache_spec: dict | None = None, loss: str = "ce", max_epochs: int | None = None
+    ) -> torch.nn.Module:
         """Standard supervised training of a fresh `cfg.model` on `data`; cached when `cache_spec` is
         given (the key adds everything that determines the model: data, augmentation, model, training)."""
         epochs = int(max_epochs or tcfg.max_epochs)
@@ -171,15 +210,27 @@ def trainers(cfg, cache: ArtifactCache, logger, timings: dict):
         def build(checkpoint=None) -> torch.nn.Module:
             torch.manual_seed(cfg.seed)  # the same init whatever was built or loaded before
             model = _new_model(cfg, data)
-            module = Supervised(model, OmegaConf.to_container(tcfg.optimizer, resolve=True), epochs, loss=loss,
-                                channels_last=bool(tcfg.channels_last), log_prefix=name)
+            module = Supervised(
+                model,
+                OmegaConf.to_container(tcfg.optimizer, resolve=True),
+                epochs,
+                loss=loss,
+                channels_last=bool(tcfg.channels_last),
+                log_prefix=name,
+            )
             fit_module(module, data, name, epochs, checkpoint=checkpoint)
             return model.cpu()
 
         if cache_spec is None:
             return build()
-        spec = {**cache_spec, "data": data.fingerprint(), **_model_spec(cfg, epochs), "mean": list(data.mean),
-                "std": list(data.std), "loss": loss}
+        spec = {
+            **cache_spec,
+            "data": data.fingerprint(),
+            **_model_spec(cfg, epochs),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "loss": loss,
+        }
         return _cached_model(cache, "model", spec, build, lambda: _new_model(cfg, data))
 
     return train_model, fit_module
@@ -189,7 +240,9 @@ def _new_model(cfg, data: ImageSet) -> torch.nn.Module:
     return build_model(cfg.model, data.num_classes, data.shape[0], data.mean, data.std)
 
 
-def _cached_model(cache: ArtifactCache, kind: str, spec: dict, build, new, extras: dict | None = None) -> torch.nn.Module:
+def _cached_model(
+    cache: ArtifactCache, kind: str, spec: dict, build, new, extras: dict | None = None
+) -> torch.nn.Module:
     """`build(checkpoint)` once per `spec`, resumable from `checkpoint`; later calls load its weights
     into `new()`. `extras`: a dict that `build` fills with further state dicts (e.g. a projector),
     stored in the same entry and filled from it on a reuse; an entry that lacks one of its keys
@@ -230,20 +283,43 @@ def ssl_trainer(cfg, cache: ArtifactCache, fit_module):
     def ssl_backbone(data: ImageSet, ssl_cfg=None) -> torch.nn.Module:
         s = OmegaConf.to_container(ssl_cfg if ssl_cfg is not None else cfg.ssl, resolve=True)
         epochs = stage_length(tcfg, s["epochs"])
-        spec = {"role": "ssl", "ssl": {**s, "epochs": epochs}, "data": data.fingerprint(),
-                "model": OmegaConf.to_container(cfg.model, resolve=True), "precision": str(tcfg.precision),
-                "mean": list(data.mean), "std": list(data.std), "seed": cfg.seed, "version": backdoor_bench.__version__}
+        spec = {
+            "role": "ssl",
+            "ssl": {**s, "epochs": epochs},
+            "data": data.fingerprint(),
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "precision": str(tcfg.precision),
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "seed": cfg.seed,
+            "version": backdoor_bench.__version__,
+        }
 
         def build(checkpoint=None) -> torch.nn.Module:
             torch.manual_seed(cfg.seed)
             model = _new_model(cfg, data)
             views = SimCLRViews(data.shape[-1], data.shape[0], **s["augment"])
-            module = SimCLR(model, views, s["optimizer"], int(s.get("schedule_epochs") or epochs), s["temperature"],
-                            bool(s["symmetric"]), int(s["projector_dim"]), bool(tcfg.channels_last))
+            module = SimCLR(
+                model,
+                views,
+                s["optimizer"],
+                int(s.get("schedule_epochs") or epochs),
+                s["temperature"],
+                bool(s["symmetric"]),
+                int(s["projector_dim"]),
+                bool(tcfg.channels_last),
+            )
             bs = int(s["batch_size"])
-            fit_module(module, data, "ssl", epochs, checkpoint=checkpoint,
-                       loader=lambda device: DeviceLoader(data.x, data.y, bs, shuffle=True, device=device,
-                                                          seed=cfg.seed, drop_last=len(data) > bs))
+            fit_module(
+                module,
+                data,
+                "ssl",
+                epochs,
+                checkpoint=checkpoint,
+                loader=lambda device: DeviceLoader(
+                    data.x, data.y, bs, shuffle=True, device=device, seed=cfg.seed, drop_last=len(data) > bs
+                ),
+            )
             extras["projector"] = module.projector.cpu().state_dict()
             return model.cpu()
 
@@ -260,9 +336,14 @@ def ssl_trainer(cfg, cache: ArtifactCache, fit_module):
 def _model_spec(cfg, epochs: int) -> dict:
     """Everything besides the data that determines a trained model."""
     d = cfg.dataset
-    return {"augment": OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None,
-            "model": OmegaConf.to_container(cfg.model, resolve=True), "training": training_spec(cfg.trainer),
-            "epochs": epochs, "seed": cfg.seed, "version": backdoor_bench.__version__}
+    return {
+        "augment": OmegaConf.to_container(d.augment, resolve=True) if d.get("augment") else None,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "training": training_spec(cfg.trainer),
+        "epochs": epochs,
+        "seed": cfg.seed,
+        "version": backdoor_bench.__version__,
+    }
 
 
 def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_module) -> AttackTools:
@@ -276,14 +357,29 @@ def attack_tools(cfg, clean: ImageSet, cache: ArtifactCache, train_model, fit_mo
         return cache.get_or_build(kind, {**spec, "data": fingerprint, "seed": cfg.seed}, build)
 
     return AttackTools(
-        clean=clean, fit=fit_module, cached=cached, device=eval_device(cfg.trainer), seed=cfg.seed,
-        clean_model=lambda e=None: train_model(clean, "surrogate", cache_spec={"role": "clean"},
-                                               max_epochs=e or epochs),
-        spec={"surrogate": {**_model_spec(cfg, int(epochs)), "mean": list(clean.mean), "std": list(clean.std)}})
+        clean=clean,
+        fit=fit_module,
+        cached=cached,
+        device=eval_device(cfg.trainer),
+        seed=cfg.seed,
+        clean_model=lambda e=None: train_model(
+            clean, "surrogate", cache_spec={"role": "clean"}, max_epochs=e or epochs
+        ),
+        spec={"surrogate": {**_model_spec(cfg, int(epochs)), "mean": list(clean.mean), "std": list(clean.std)}},
+    )
 
 
-def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense, train_model, fit_module,
-             ssl_backbone, cache: ArtifactCache, out_dir) -> DefenseContext:
+def _context(
+    cfg,
+    poisoned: PoisonedSet,
+    clean_train: ImageSet,
+    defense: Defense,
+    train_model,
+    fit_module,
+    ssl_backbone,
+    cache: ArtifactCache,
+    out_dir,
+) -> DefenseContext:
     """The defense's view: the poisoned set (no ground truth) plus shared, cached mechanics."""
     train = poisoned.train
 
@@ -305,10 +401,14 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         determines it, so rerunning an interrupted run resumes the stage (None: cache off)."""
         if not cache.enabled:
             return None
-        spec = {"stage": stage, "defense": OmegaConf.to_container(cfg.defense, resolve=True),
-                "ssl": OmegaConf.to_container(cfg.ssl, resolve=True), "data": train.fingerprint(),
-                "caps": [tcfg.get("max_stage_epochs"), tcfg.get("max_stage_steps")],
-                **_model_spec(cfg, int(tcfg.max_epochs))}
+        spec = {
+            "stage": stage,
+            "defense": OmegaConf.to_container(cfg.defense, resolve=True),
+            "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
+            "data": train.fingerprint(),
+            "caps": [tcfg.get("max_stage_epochs"), tcfg.get("max_stage_steps")],
+            **_model_spec(cfg, int(tcfg.max_epochs)),
+        }
         entry = cache.entry("defense_stage", spec)
         entry.mkdir(parents=True, exist_ok=True)
         return entry / "partial.ckpt"
@@ -317,14 +417,29 @@ def _context(cfg, poisoned: PoisonedSet, clean_train: ImageSet, defense: Defense
         """A defense artifact (a dict of tensors) built once per `spec` + data, model and seed."""
         if not cache.enabled:
             return build()
-        full = {"spec": spec, "data": train.fingerprint(), "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
-                "caps": [tcfg.get("max_stage_epochs"),
-                tcfg.get("max_stage_steps")], **_model_spec(cfg, int(tcfg.max_epochs))}
+        full = {
+            "spec": spec,
+            "data": train.fingerprint(),
+            "ssl": OmegaConf.to_container(cfg.ssl, resolve=True),
+            "caps": [tcfg.get("max_stage_epochs"), tcfg.get("max_stage_steps")],
+            **_model_spec(cfg, int(tcfg.max_epochs)),
+        }
         return cache.get_or_build(kind, full, build)
 
-    return DefenseContext(train=train, train_model=train_model, backdoored_model=backdoored_model, fit=fit_module,
-                          ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg), clean=clean, seed=cfg.seed,
-                          out_dir=Path(out_dir), device=eval_device(tcfg), augment=augmentation(cfg.dataset),
-                          stage_length=lambda n, kind="epochs", **kw: stage_length(tcfg, n, kind, **kw),
-                          channels_last=bool(tcfg.channels_last), stage_checkpoint=stage_checkpoint,
-                          new_model=lambda: _new_model(cfg, train), cached=cached)
+    return DefenseContext(
+        train=train,
+        train_model=train_model,
+        backdoored_model=backdoored_model,
+        fit=fit_module,
+        ssl_backbone=lambda ssl_cfg=None: ssl_backbone(train, ssl_cfg),
+        clean=clean,
+        seed=cfg.seed,
+        out_dir=Path(out_dir),
+        device=eval_device(tcfg),
+        augment=augmentation(cfg.dataset),
+        stage_length=lambda n, kind="epochs", **kw: stage_length(tcfg, n, kind, **kw),
+        channels_last=bool(tcfg.channels_last),
+        stage_checkpoint=stage_checkpoint,
+        new_model=lambda: _new_model(cfg, train),
+        cached=cached,
+    )

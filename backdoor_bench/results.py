@@ -29,13 +29,23 @@ def versions() -> dict:
 
     import backdoor_bench
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,
-           "backdoor_bench": backdoor_bench.__version__, "cuda": torch.version.cuda}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "hydra": hydra.__version__,
+        "backdoor_bench": backdoor_bench.__version__,
+        "cuda": torch.version.cuda,
+    }
     try:
         root = Path(backdoor_bench.__file__).resolve().parent.parent
-        out["git"] = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, timeout=5).stdout.strip() or None
+        out["git"] = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         out["git"] = None
     return out

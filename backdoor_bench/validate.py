@@ -34,9 +34,10 @@ def validate(cfg) -> tuple[Attack, Defense]:
     root = source.get("root")
     if "root" in source and not source.get("download", False):
         if not root or not Path(str(root)).expanduser().exists():
-            raise ConfigError(f"dataset.root={root} does not exist: set dataset.root to the folder holding "
-                              f"the {d.name} data" + (" (or dataset.download=true when online)"
-                                                      if "download" in source else ""))
+            raise ConfigError(
+                f"dataset.root={root} does not exist: set dataset.root to the folder holding "
+                f"the {d.name} data" + (" (or dataset.download=true when online)" if "download" in source else "")
+            )
     if t.accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={t.accelerator!r} is unknown: use one of {', '.join(ACCELERATORS)}")
     if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -52,15 +53,17 @@ def validate(cfg) -> tuple[Attack, Defense]:
         if t.get(key) is not None and int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be a positive count or null")
 
-    model = build_model(cfg.model, int(d.num_classes), int(d.channels), (0.5,) * int(d.channels),
-                        (0.5,) * int(d.channels))
+    model = build_model(
+        cfg.model, int(d.num_classes), int(d.channels), (0.5,) * int(d.channels), (0.5,) * int(d.channels)
+    )
     configure_optimizers(model.parameters(), OmegaConf.to_container(t.optimizer, resolve=True), 1)
     attack = instantiate_checked("attack", cfg.attack, num_classes=int(d.num_classes))
     attack.check(int(d.num_classes), (int(d.channels), int(d.image_size), int(d.image_size)))
     defense = instantiate_checked("defense", cfg.defense)
     if defense.needs_clean and not defense.clean_fraction > 0:
-        raise ConfigError(f"defense={defense.name} needs trusted clean data: set defense.clean_fraction > 0 "
-                          "(for example 0.05)")
+        raise ConfigError(
+            f"defense={defense.name} needs trusted clean data: set defense.clean_fraction > 0 (for example 0.05)"
+        )
     if not 0 <= defense.clean_fraction < 1:
         raise ConfigError(f"defense.clean_fraction={defense.clean_fraction} must be a fraction in [0, 1)")
     if cfg.defense.get("layer") is not None:  # feature-space defenses: the layer must exist in cfg.model

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Training throughput, three ways, same model and batch size, in one process:
 
-  (a) compute:  forward/backward/step on tensors already on the device (the ceiling)
-  (b) runner:   this project's real path: DeviceLoader (uint8 on device, batched crop+flip), Lightning step
-  (c) standard: torchvision PIL transforms in DataLoader workers + a plain loop, as the reference toolboxes train
+(a) compute:  forward/backward/step on tensors already on the device (the ceiling)
+(b) runner:   this project's real path: DeviceLoader (uint8 on device, batched crop+flip), Lightning step
+(c) standard: torchvision PIL transforms in DataLoader workers + a plain loop, as the reference toolboxes train
 
-    python scripts/bench.py                      # preact_resnet18 width 16, 32x32, batch 128
-    python scripts/bench.py --json               # one line: {"compute_ips", "runner_ips", "standard_ips", ...}
-    python scripts/bench.py --width 64 --device cuda --precision bf16-mixed --channels-last
+  python scripts/bench.py                      # preact_resnet18 width 16, 32x32, batch 128
+  python scripts/bench.py --json               # one line: {"compute_ips", "runner_ips", "standard_ips", ...}
+  python scripts/bench.py --width 64 --device cuda --precision bf16-mixed --channels-last
 """
 
 from __future__ import annotations
@@ -116,13 +116,20 @@ class _PILSet(torch.utils.data.Dataset):
 def bench_standard(a, device, x, y) -> float:
     import torchvision.transforms as T
 
-    transform = T.Compose([T.RandomCrop(a.size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(MEAN, STD)])
+    transform = T.Compose(
+        [T.RandomCrop(a.size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)]
+    )
     n = (a.warmup + a.steps) * a.batch_size
     ds = _PILSet(x[:n].permute(0, 2, 3, 1).numpy(), y[:n].numpy(), transform)
-    loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
-                                         pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=a.batch_size,
+        shuffle=True,
+        num_workers=a.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=False,
+    )
     model = make_model(a).to(device)  # normalisation inside the model too: identical compute
     model.mean.zero_(), model.std.fill_(1.0)  # the transform already normalised
     if a.channels_last:
@@ -173,11 +180,20 @@ def main(argv=None):
     n = (a.warmup + a.steps) * a.batch_size
     x = torch.randint(0, 256, (n, 3, a.size, a.size), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))
-    out = {"model": f"preact_resnet18-w{a.width}", "image_size": a.size, "batch_size": a.batch_size,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-           "precision": a.precision, "channels_last": a.channels_last, "torch": torch.__version__}
-    runs = {"compute": lambda: bench_compute(a, device), "runner": lambda: bench_runner(a, device, x, y),
-            "standard": lambda: bench_standard(a, device, x, y)}
+    out = {
+        "model": f"preact_resnet18-w{a.width}",
+        "image_size": a.size,
+        "batch_size": a.batch_size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "precision": a.precision,
+        "channels_last": a.channels_last,
+        "torch": torch.__version__,
+    }
+    runs = {
+        "compute": lambda: bench_compute(a, device),
+        "runner": lambda: bench_runner(a, device, x, y),
+        "standard": lambda: bench_standard(a, device, x, y),
+    }
     for name in a.only.split(","):
         out[f"{name}_ips"] = round(runs[name](), 1)
         if not a.json:

@@ -108,17 +108,31 @@ def main() -> None:
             p.stop()
     kw = {"batch_size": 512, "device": eval_device(cfg.trainer)}
     triggered = attack.apply(test.x)
-    m = attack_metrics(predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw), test.y,
-                       attack.target_label(test.y), attack.asr_mask(test.y))
+    m = attack_metrics(
+        predict(outcome.model, test.x, **kw),
+        predict(outcome.model, triggered, **kw),
+        test.y,
+        attack.target_label(test.y),
+        attack.asr_mask(test.y),
+    )
     det = None
     if outcome.verdict is not None:
         v = outcome.verdict
         det = detection_metrics(v.kept, v.labels, ps.train.y, truth, ps.y_true, v.trusted)
-    row = {"oracle": args.oracle, "overrides": args.overrides, "acc": m["acc"], "asr": m["asr"],
-           "detection": det, "extra": outcome.extra, "seconds": round(time.perf_counter() - t0, 1),
-           "timing": timings}
-    print(f"ORACLE={args.oracle} {' '.join(args.overrides)}: ACC {100 * m['acc']:.1f} ASR "
-          f"{100 * (m['asr'] or 0):.1f} ({row['seconds']}s)")
+    row = {
+        "oracle": args.oracle,
+        "overrides": args.overrides,
+        "acc": m["acc"],
+        "asr": m["asr"],
+        "detection": det,
+        "extra": outcome.extra,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "timing": timings,
+    }
+    print(
+        f"ORACLE={args.oracle} {' '.join(args.overrides)}: ACC {100 * m['acc']:.1f} ASR "
+        f"{100 * (m['asr'] or 0):.1f} ({row['seconds']}s)"
+    )
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")

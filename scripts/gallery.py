@@ -64,11 +64,16 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4, help="images per row")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = a.attacks.split(",") if a.attacks else sorted(
-        f.stem for f in (ROOT / "conf" / "attack").glob("*.yaml") if f.stem != "none")
+    names = (
+        a.attacks.split(",")
+        if a.attacks
+        else sorted(f.stem for f in (ROOT / "conf" / "attack").glob("*.yaml") if f.stem != "none")
+    )
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfgs = {name: compose("config", overrides=[*a.overrides, f"attack={name}", "logger=none",
-                                                   f"paths.root={ROOT}"]) for name in names}
+        cfgs = {
+            name: compose("config", overrides=[*a.overrides, f"attack={name}", "logger=none", f"paths.root={ROOT}"])
+            for name in names
+        }
     base = next(iter(cfgs.values()))
     cache = ArtifactCache(base.paths.cache_dir, enabled=base.cache.enabled)
     train, test = load_dataset(base.dataset, cache)

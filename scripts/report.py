@@ -33,8 +33,12 @@ def main(argv=None) -> int:
     p.add_argument("--reference", help="published numbers: a CSV or a name under backdoor_bench/reference/")
     p.add_argument("--metrics", default="acc,asr", help="comma-separated metrics (default acc,asr)")
     p.add_argument("--rows", default="attack", help="row key: attack, dataset, model, poison_rate, ...")
-    p.add_argument("--agg", default="mean", choices=AGGREGATES,
-                   help="how runs of one cell (seeds, scenarios) are combined (default mean)")
+    p.add_argument(
+        "--agg",
+        default="mean",
+        choices=AGGREGATES,
+        help="how runs of one cell (seeds, scenarios) are combined (default mean)",
+    )
     p.add_argument("--out", help="folder for table.csv, table.tex, runs.csv, bars.png")
     a = p.parse_args(argv)
     try:
@@ -48,8 +52,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(runs)} runs, datasets {sorted(runs['dataset'].dropna().unique())}, "
-          f"models {sorted(runs['model'].dropna().unique())}; cells: {a.agg} over runs")
+    print(
+        f"{len(runs)} runs, datasets {sorted(runs['dataset'].dropna().unique())}, "
+        f"models {sorted(runs['model'].dropna().unique())}; cells: {a.agg} over runs"
+    )
     print(to_markdown(table))
     if not errors.empty:
         print(f"\n{len(errors)} failed sweep points:")

@@ -37,8 +37,10 @@ class AdapBlend(Blended):
         super().check(num_classes, shape)
         side = math.isqrt(self.pieces)
         if shape[1] % side or shape[2] % side:
-            raise ConfigError(f"attack.pieces={self.pieces}: a {shape[1]}x{shape[2]} image does not split into "
-                              f"{side}x{side} equal pieces")
+            raise ConfigError(
+                f"attack.pieces={self.pieces}: a {shape[1]}x{shape[2]} image does not split into "
+                f"{side}x{side} equal pieces"
+            )
 
     def piece_masks(self, n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
         """Float `[n, 1, H, W]`: 1 on the kept pieces, a fresh random choice per sample."""

@@ -15,13 +15,27 @@ class BadNets(Attack):
     or `[row, col]` of the top-left pixel), `margin` from the border, `pattern` (solid,
     checkerboard, random), `value`, `pattern_seed`."""
 
-    def __init__(self, size: int = 3, location="bottom_right", margin: int = 0, pattern: str = "solid",
-                 value: int = 255, pattern_seed: int = 0, **kw):
+    def __init__(
+        self,
+        size: int = 3,
+        location="bottom_right",
+        margin: int = 0,
+        pattern: str = "solid",
+        value: int = 255,
+        pattern_seed: int = 0,
+        **kw,
+    ):
         super().__init__(**kw)
         if not isinstance(location, str):
             location = tuple(int(v) for v in location)
-        self.trigger = Patch(size=int(size), location=location, margin=int(margin), pattern=pattern,
-                             value=int(value), seed=int(pattern_seed))
+        self.trigger = Patch(
+            size=int(size),
+            location=location,
+            margin=int(margin),
+            pattern=pattern,
+            value=int(value),
+            seed=int(pattern_seed),
+        )
 
     def check(self, num_classes, shape):
         super().check(num_classes, shape)

@@ -36,8 +36,7 @@ class PoisonedSet:
         return self.poisoned.nonzero().flatten()
 
     def to_payload(self) -> dict:
-        return {"train": self.train.to_payload(), "poisoned": self.poisoned, "y_true": self.y_true,
-                "cover": self.cover}
+        return {"train": self.train.to_payload(), "poisoned": self.poisoned, "y_true": self.y_true, "cover": self.cover}
 
     @classmethod
     def from_payload(cls, d: dict) -> PoisonedSet:
@@ -83,8 +82,15 @@ class Attack:
     needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
-    def __init__(self, name: str, target: int = 0, label_mode: str = "all2one",
-                 poison_rate: float = 0.1, poison_count: int | None = None, num_classes: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        target: int = 0,
+        label_mode: str = "all2one",
+        poison_rate: float = 0.1,
+        poison_count: int | None = None,
+        num_classes: int | None = None,
+    ):
         self.name, self.target, self.label_mode = name, int(target), label_mode
         self.num_classes = num_classes
         self.poison_rate, self.poison_count = poison_rate, poison_count
@@ -170,7 +176,8 @@ class Attack:
         if n > len(candidates):
             raise ConfigError(
                 f"attack.poison_rate asks for {n} poisoned samples but only {len(candidates)} are eligible "
-                f"for attack={self.name}: lower attack.poison_rate or attack.poison_count")
+                f"for attack={self.name}: lower attack.poison_rate or attack.poison_count"
+            )
         index = candidates[torch.randperm(len(candidates), generator=g)[:n]].sort().values
         x, y = train.x.clone(), train.y.clone()
         if n:
@@ -184,8 +191,10 @@ class Attack:
         if n_cover:
             rest = (~poisoned).nonzero().flatten()
             if n_cover > len(rest):
-                raise ConfigError(f"attack={self.name} asks for {n_cover} cover samples but only {len(rest)} "
-                                  "samples are not poisoned: lower the cover rate")
+                raise ConfigError(
+                    f"attack={self.name} asks for {n_cover} cover samples but only {len(rest)} "
+                    "samples are not poisoned: lower the cover rate"
+                )
             cidx = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
             x[cidx] = self.stamp_cover(train.x[cidx], cidx, g)
             cover[cidx] = True

@@ -19,14 +19,20 @@ from backdoor_bench.errors import ConfigError
 
 class Blended(Attack):
     """Args (beyond `Attack`'s):
-        alpha: blend weight in training; `test_alpha` at test time (default: the same).
-        pattern_path: an image file to blend; null uses procedural noise from `pattern_seed`.
+    alpha: blend weight in training; `test_alpha` at test time (default: the same).
+    pattern_path: an image file to blend; null uses procedural noise from `pattern_seed`.
     """
 
     test_only = ("name", "test_alpha")
 
-    def __init__(self, alpha: float = 0.2, test_alpha: float | None = None, pattern_path: str | None = None,
-                 pattern_seed: int = 0, **kw):
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        test_alpha: float | None = None,
+        pattern_path: str | None = None,
+        pattern_seed: int = 0,
+        **kw,
+    ):
         super().__init__(**kw)
         for key, a in (("alpha", alpha), ("test_alpha", test_alpha)):
             if a is not None and not 0.0 <= float(a) <= 1.0:

@@ -24,8 +24,7 @@ from backdoor_bench.errors import ConfigError
 from backdoor_bench.metrics import targeted_misclassification_rate
 
 SHAPES = ("pixel", "pattern", "ell")
-OFFSETS = {"pixel": [(0, 0)], "pattern": [(0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)],
-           "ell": [(0, 0), (1, 0), (0, 1)]}
+OFFSETS = {"pixel": [(0, 0)], "pattern": [(0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)], "ell": [(0, 0), (1, 0), (0, 1)]}
 
 
 class DirtyLabel(Attack):
@@ -35,8 +34,17 @@ class DirtyLabel(Attack):
 
     rate_of = "eligible"
 
-    def __init__(self, source: int = 0, target: int = 2, scenario_seed: int = 100, shape: str | None = None,
-                 color=None, position=None, triggers=None, **kw):
+    def __init__(
+        self,
+        source: int = 0,
+        target: int = 2,
+        scenario_seed: int = 100,
+        shape: str | None = None,
+        color=None,
+        position=None,
+        triggers=None,
+        **kw,
+    ):
         super().__init__(target=target, **kw)
         if self.label_mode != "all2one":
             raise ConfigError("attack=dirty_label is one-to-one: use attack.label_mode=all2one")
@@ -76,10 +84,15 @@ class DirtyLabel(Attack):
             r, c = (int(v) for v in position)
             lo, hi = self._bounds(self.trigger(shape[1])[0], shape[1])
             if not (lo <= r <= hi and lo <= c <= hi):
-                key = "attack.position" if self._position is not None else \
-                    f"attack.triggers[{self.scenario_seed}].position"
-                raise ConfigError(f"{key}={[r, c]} puts the trigger outside the image: use rows and columns in "
-                                  f"[{lo}, {hi}] (attack.position=[r,c], or attack.triggers=null to draw it)")
+                key = (
+                    "attack.position"
+                    if self._position is not None
+                    else f"attack.triggers[{self.scenario_seed}].position"
+                )
+                raise ConfigError(
+                    f"{key}={[r, c]} puts the trigger outside the image: use rows and columns in "
+                    f"[{lo}, {hi}] (attack.position=[r,c], or attack.triggers=null to draw it)"
+                )
 
     @staticmethod
     def _bounds(shape: str, size: int) -> tuple[int, int]:
@@ -101,8 +114,7 @@ class DirtyLabel(Attack):
     def apply(self, x):
         shape, color, (r, c) = self.trigger(x.shape[-1])
         out = x.clone()
-        value = torch.tensor(color[:x.shape[1]] if x.shape[1] == 3 else color[:1], dtype=torch.uint8,
-                             device=x.device)
+        value = torch.tensor(color[: x.shape[1]] if x.shape[1] == 3 else color[:1], dtype=torch.uint8, device=x.device)
         for dr, dc in OFFSETS[shape]:
             out[:, :, r + dr, c + dc] = value
         return out

@@ -32,15 +32,31 @@ class LabelConsistent(Attack):
     rate_of = "eligible"
     needs_tools = True
 
-    def __init__(self, eps: float = 16, step_size: float = 1.5, steps: int = 30, batch_size: int = 256,
-                 size: int = 3, pattern: str = "checkerboard", value: int = 255, corners=CORNERS,
-                 surrogate_epochs: int | None = None, **kw):
+    def __init__(
+        self,
+        eps: float = 16,
+        step_size: float = 1.5,
+        steps: int = 30,
+        batch_size: int = 256,
+        size: int = 3,
+        pattern: str = "checkerboard",
+        value: int = 255,
+        corners=CORNERS,
+        surrogate_epochs: int | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         if float(eps) < 0 or float(step_size) < 0 or int(steps) < 0 or int(batch_size) < 1:
             raise ConfigError("attack.eps, attack.step_size and attack.steps must be >= 0, attack.batch_size >= 1")
-        self.eps, self.step_size, self.steps, self.batch_size = float(eps), float(step_size), int(steps), int(batch_size)
-        self.patches = [Patch(size=int(size), location=c, pattern=pattern, value=int(value),
-                              key="attack") for c in corners]
+        self.eps, self.step_size, self.steps, self.batch_size = (
+            float(eps),
+            float(step_size),
+            int(steps),
+            int(batch_size),
+        )
+        self.patches = [
+            Patch(size=int(size), location=c, pattern=pattern, value=int(value), key="attack") for c in corners
+        ]
 
     def check(self, num_classes, shape):
         super().check(num_classes, shape)
@@ -64,16 +80,17 @@ class LabelConsistent(Attack):
         eps, step = self.eps / 255, self.step_size / 255
         out = []
         for i in range(0, len(x), self.batch_size):
-            x0 = x[i:i + self.batch_size].to(tools.device).float() / 255
-            yb = y[i:i + self.batch_size].to(tools.device)
+            x0 = x[i : i + self.batch_size].to(tools.device).float() / 255
+            yb = y[i : i + self.batch_size].to(tools.device)
             start = (torch.rand(x0.shape, generator=generator) * 2 - 1).to(tools.device) * eps
             adv = (x0 + start).clamp(0, 1)
             for _ in range(self.steps):
                 adv.requires_grad_(True)
                 loss = F.cross_entropy(model(adv), yb)
-                grad, = torch.autograd.grad(loss, adv)
+                (grad,) = torch.autograd.grad(loss, adv)
                 adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x0 - eps), x0 + eps).clamp(0, 1)
             out.append((adv * 255).round().to(torch.uint8).cpu())
-        log.info("label-consistent: PGD on %d target-class images (eps %.1f/255, %d steps)", len(x), self.eps,
-                 self.steps)
+        log.info(
+            "label-consistent: PGD on %d target-class images (eps %.1f/255, %d steps)", len(x), self.eps, self.steps
+        )
         return torch.cat(out)

@@ -40,12 +40,16 @@ class Encoder(nn.Module):
         super().__init__()
         self.size, self.eps = size, eps
         self.secret = nn.Linear(bits, 3 * (size // 4) ** 2)
-        self.down1 = nn.Sequential(nn.Conv2d(channels + 3, width, 3, padding=1), nn.ReLU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
-        self.down2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-                                   nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
-        self.up = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.ReLU(),
-                                nn.Conv2d(width, channels, 1))
+        self.down1 = nn.Sequential(
+            nn.Conv2d(channels + 3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU()
+        )
+        self.down2 = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.up = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, channels, 1))
 
     def forward(self, x, bits):
         s = self.secret(bits).view(-1, 3, self.size // 4, self.size // 4)
@@ -61,10 +65,17 @@ class Decoder(nn.Module):
     def __init__(self, channels: int, size: int, bits: int, width: int = 16):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(2 * width * (size // 4) ** 2, 256), nn.ReLU(), nn.Linear(256, bits))
+            nn.Conv2d(channels, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * width * (size // 4) ** 2, 256),
+            nn.ReLU(),
+            nn.Linear(256, bits),
+        )
 
     def forward(self, x):
         return self.net(x - 0.5)
@@ -93,8 +104,13 @@ class StegaTraining(pl.LightningModule):
         ramp = min(1.0, self.global_step / max(1.0, 0.5 * self.trainer.estimated_stepping_batches))
         loss = bce + ramp * self.l2_weight * mse
         bit_acc = ((logits > 0).float() == secret).float().mean()
-        self.log_dict({"ssba/bce": bce, "ssba/mse": mse, "ssba/bit_acc": bit_acc}, on_step=False, on_epoch=True,
-                      prog_bar=True, batch_size=len(x))
+        self.log_dict(
+            {"ssba/bce": bce, "ssba/mse": mse, "ssba/bit_acc": bit_acc},
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(x),
+        )
         return loss
 
     def configure_optimizers(self):
@@ -108,12 +124,22 @@ class SSBA(Attack):
 
     needs_tools = True
 
-    def __init__(self, bits: int = 20, secret_seed: int = 0, epochs: int = 20, eps: float = 8.0,
-                 l2_weight: float = 0.0, lr: float = 1e-3, width: int = 16, **kw):
+    def __init__(
+        self,
+        bits: int = 20,
+        secret_seed: int = 0,
+        epochs: int = 20,
+        eps: float = 8.0,
+        l2_weight: float = 0.0,
+        lr: float = 1e-3,
+        width: int = 16,
+        **kw,
+    ):
         super().__init__(**kw)
         if int(bits) < 1 or int(epochs) < 1 or int(width) < 1 or float(lr) <= 0 or float(l2_weight) < 0:
-            raise ConfigError("attack.bits, attack.epochs and attack.width must be >= 1, attack.lr > 0 and "
-                              "attack.l2_weight >= 0")
+            raise ConfigError(
+                "attack.bits, attack.epochs and attack.width must be >= 1, attack.lr > 0 and attack.l2_weight >= 0"
+            )
         if not 0 < float(eps) <= 255:
             raise ConfigError(f"attack.eps={eps} is out of range: use a bound in (0, 255] pixel levels")
         self.eps = float(eps)
@@ -124,8 +150,7 @@ class SSBA(Attack):
     def check(self, num_classes, shape):
         super().check(num_classes, shape)
         if shape[1] != shape[2] or shape[1] % 4:
-            raise ConfigError(f"attack=ssba needs square images with a side divisible by 4, got "
-                              f"{shape[1]}x{shape[2]}")
+            raise ConfigError(f"attack=ssba needs square images with a side divisible by 4, got {shape[1]}x{shape[2]}")
 
     def secret(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.secret_seed)
@@ -135,15 +160,25 @@ class SSBA(Attack):
         """The trained encoder (built once per spec, then cached)."""
         if self._encoder is None:
             tools = self.require_tools()
-            spec = {"attack": "ssba", "bits": self.bits, "secret_seed": self.secret_seed, "epochs": self.epochs,
-                    "eps": self.eps,
-                    "l2_weight": self.l2_weight,
-                    "lr": self.lr, "width": self.width, "training": tools.spec}
+            spec = {
+                "attack": "ssba",
+                "bits": self.bits,
+                "secret_seed": self.secret_seed,
+                "epochs": self.epochs,
+                "eps": self.eps,
+                "l2_weight": self.l2_weight,
+                "lr": self.lr,
+                "width": self.width,
+                "training": tools.spec,
+            }
             payload = tools.cached("ssba_encoder", spec, lambda: self._train(channels, size))
             self._encoder = Encoder(channels, size, self.bits, self.width, self.eps / 255)
             self._encoder.load_state_dict(payload["encoder"])
-            log.info("ssba encoder: bit accuracy %.3f, PSNR %.1f dB with the poisoning secret",
-                     payload["bit_acc"], payload["psnr"])
+            log.info(
+                "ssba encoder: bit accuracy %.3f, PSNR %.1f dB with the poisoning secret",
+                payload["bit_acc"],
+                payload["psnr"],
+            )
         return self._encoder
 
     def _train(self, channels: int, size: int) -> dict:
@@ -152,8 +187,13 @@ class SSBA(Attack):
             torch.manual_seed(tools.seed)
             enc = Encoder(channels, size, self.bits, self.width, self.eps / 255)
             dec = Decoder(channels, size, self.bits, self.width)
-        tools.fit(StegaTraining(enc, dec, self.bits, self.l2_weight, self.lr), tools.clean, "ssba_encoder",
-                  max_epochs=self.epochs, augment=False)
+        tools.fit(
+            StegaTraining(enc, dec, self.bits, self.l2_weight, self.lr),
+            tools.clean,
+            "ssba_encoder",
+            max_epochs=self.epochs,
+            augment=False,
+        )
         enc, dec = enc.cpu().eval(), dec.cpu().eval()
         with torch.no_grad():  # how well the fixed secret survives, on up to 512 training images
             x = tools.clean.x[:512].float() / 255
@@ -169,7 +209,7 @@ class SSBA(Attack):
         out = []
         with torch.no_grad():
             for i in range(0, len(x), 512):
-                xb = x[i:i + 512].to(tools.device).float() / 255
+                xb = x[i : i + 512].to(tools.device).float() / 255
                 bits = self.secret().to(tools.device).expand(len(xb), -1)
                 out.append((encode(enc, xb, bits) * 255).round().to(torch.uint8).cpu())
         return torch.cat(out) if out else x.clone()

@@ -42,8 +42,9 @@ class Patch:
         if self.pattern not in PATTERNS:
             raise ConfigError(f"{k}.pattern={self.pattern!r} is unknown: use one of {', '.join(PATTERNS)}")
         if isinstance(self.location, str) and self.location not in CORNERS:
-            raise ConfigError(f"{k}.location={self.location!r} is unknown: use one of {', '.join(CORNERS)} "
-                              "or [row, col]")
+            raise ConfigError(
+                f"{k}.location={self.location!r} is unknown: use one of {', '.join(CORNERS)} or [row, col]"
+            )
         if self.pattern == "grid" and int(self.size) != 3:
             raise ConfigError(f"{k}.pattern=grid is seed 001's 3x3 trigger: set {k}.size=3")
         if int(self.size) < 1:
@@ -72,8 +73,10 @@ class Patch:
         r, c = self.origin(h, w)
         s = int(self.size)
         if s + int(self.margin) > min(h, w) or r < 0 or c < 0 or r + s > h or c + s > w:
-            raise ConfigError(f"{self.key}.size={s} (location {self.location}, margin {self.margin}) does not "
-                              f"fit in a {h}x{w} image: use a smaller {self.key}.size or another location")
+            raise ConfigError(
+                f"{self.key}.size={s} (location {self.location}, margin {self.margin}) does not "
+                f"fit in a {h}x{w} image: use a smaller {self.key}.size or another location"
+            )
 
     def pixels(self, channels: int) -> torch.Tensor:
         """The patch as uint8 `[C, size, size]`."""
@@ -93,7 +96,7 @@ class Patch:
         """Bool `[H, W]`, true inside the patch."""
         r, c = self.origin(h, w)
         m = torch.zeros(h, w, dtype=torch.bool)
-        m[r:r + int(self.size), c:c + int(self.size)] = True
+        m[r : r + int(self.size), c : c + int(self.size)] = True
         return m
 
     def stamp(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,9 +105,9 @@ class Patch:
         out = x.clone()
         r, c = self.origin(*x.shape[-2:])
         s = int(self.size)
-        region = out[..., r:r + s, c:c + s]
+        region = out[..., r : r + s, c : c + s]
         p = (self.pixels(x.shape[-3]) if pixels is None else pixels).to(x.device)
-        out[..., r:r + s, c:c + s] = p if float(self.alpha) == 1.0 else blend(region, p, float(self.alpha))
+        out[..., r : r + s, c : c + s] = p if float(self.alpha) == 1.0 else blend(region, p, float(self.alpha))
         return out
 
 

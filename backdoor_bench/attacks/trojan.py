@@ -40,9 +40,19 @@ class TrojanNN(Attack):
 
     needs_tools = True
 
-    def __init__(self, size: int = 5, location="bottom_right", margin: int = 0, neurons: int = 2,
-                 neuron_value: float = 100.0, steps: int = 500, lr: float = 0.1, batch_size: int = 128,
-                 surrogate_epochs: int | None = None, **kw):
+    def __init__(
+        self,
+        size: int = 5,
+        location="bottom_right",
+        margin: int = 0,
+        neurons: int = 2,
+        neuron_value: float = 100.0,
+        steps: int = 500,
+        lr: float = 0.1,
+        batch_size: int = 128,
+        surrogate_epochs: int | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         if not isinstance(location, str):
             location = tuple(int(v) for v in location)
@@ -61,9 +71,16 @@ class TrojanNN(Attack):
         """The optimised patch, uint8 `[C, size, size]` (built once, then cached)."""
         if self._pixels is None:
             tools = self.require_tools()
-            spec = {"attack": "trojan", "mask": [self.mask.size, self.mask.location, self.mask.margin],
-                    "neurons": self.neurons, "value": self.neuron_value, "steps": self.steps, "lr": self.lr,
-                    "batch_size": self.batch_size, **tools.spec}
+            spec = {
+                "attack": "trojan",
+                "mask": [self.mask.size, self.mask.location, self.mask.margin],
+                "neurons": self.neurons,
+                "value": self.neuron_value,
+                "steps": self.steps,
+                "lr": self.lr,
+                "batch_size": self.batch_size,
+                **tools.spec,
+            }
             self._pixels = tools.cached("trojan_trigger", spec, lambda: {"pixels": self._optimise()})["pixels"]
         return self._pixels
 
@@ -83,15 +100,20 @@ class TrojanNN(Attack):
         for step in range(self.steps):
             idx = torch.randint(len(x_all), (min(self.batch_size, len(x_all)),), generator=g)
             x = x_all[idx].to(tools.device).float() / 255
-            x[..., r0:r0 + s, c0:c0 + s] = torch.sigmoid(logit)  # the masked pixels replaced (autograd tracks it)
+            x[..., r0 : r0 + s, c0 : c0 + s] = torch.sigmoid(logit)  # the masked pixels replaced (autograd tracks it)
             act = model.features(x)[:, units]
             loss = ((act - self.neuron_value) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             if step % max(1, self.steps // 5) == 0 or step == self.steps - 1:
-                log.info("trojan trigger step %d/%d: mean activation %.2f (target %.1f)", step + 1, self.steps,
-                         act.mean().item(), self.neuron_value)
+                log.info(
+                    "trojan trigger step %d/%d: mean activation %.2f (target %.1f)",
+                    step + 1,
+                    self.steps,
+                    act.mean().item(),
+                    self.neuron_value,
+                )
         return (torch.sigmoid(logit.detach()) * 255).round().to(torch.uint8).cpu()
 
     def apply(self, x):

@@ -22,8 +22,16 @@ class WaNet(Attack):
     """Args (beyond `Attack`'s): `k` (control grid size), `s` (warping strength), `grid_rescale`,
     `noise` (add cross samples), `cross_ratio` (cross samples per poisoned sample), `field_seed`."""
 
-    def __init__(self, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0, noise: bool = True,
-                 cross_ratio: float = 2.0, field_seed: int = 0, **kw):
+    def __init__(
+        self,
+        k: int = 4,
+        s: float = 0.5,
+        grid_rescale: float = 1.0,
+        noise: bool = True,
+        cross_ratio: float = 2.0,
+        field_seed: int = 0,
+        **kw,
+    ):
         super().__init__(**kw)
         if int(k) < 2:
             raise ConfigError(f"attack.k={k} must be at least 2 (the control grid is k x k)")

@@ -47,9 +47,19 @@ class SimCLRViews(torch.nn.Module):
     (saturation, hue, grayscale) are left out.
     """
 
-    def __init__(self, size: int, channels: int = 3, crop_scale=(0.2, 1.0), flip: float = 0.5,
-                 jitter=(0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8, grayscale_p: float = 0.2,
-                 blur_p: float = 0.5, blur_sigma=(0.1, 2.0), blur_kernel: int = 0):
+    def __init__(
+        self,
+        size: int,
+        channels: int = 3,
+        crop_scale=(0.2, 1.0),
+        flip: float = 0.5,
+        jitter=(0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_sigma=(0.1, 2.0),
+        blur_kernel: int = 0,
+    ):
         super().__init__()
         import kornia.augmentation as K
 
@@ -58,8 +68,11 @@ class SimCLRViews(torch.nn.Module):
             s, h, grayscale_p = 0.0, 0.0, 0.0
         # PIL's GaussianBlur(radius=sigma) reaches about 3 sigma: the kernel covers that by default
         kernel = int(blur_kernel) or 2 * int(3 * float(blur_sigma[1]) + 0.5) + 1
-        ops = [K.RandomResizedCrop((size, size), scale=tuple(crop_scale), resample="BICUBIC"),
-               K.RandomHorizontalFlip(p=flip), K.ColorJitter(b, c, s, h, p=jitter_p)]
+        ops = [
+            K.RandomResizedCrop((size, size), scale=tuple(crop_scale), resample="BICUBIC"),
+            K.RandomHorizontalFlip(p=flip),
+            K.ColorJitter(b, c, s, h, p=jitter_p),
+        ]
         if grayscale_p > 0:
             ops.append(K.RandomGrayscale(p=grayscale_p))
         if blur_p > 0:

@@ -55,8 +55,14 @@ class ImageSet:
         return h.hexdigest()[:16]
 
     def to_payload(self) -> dict:
-        return {"x": self.x, "y": self.y, "classes": list(self.classes), "mean": list(self.mean),
-                "std": list(self.std), "name": self.name}
+        return {
+            "x": self.x,
+            "y": self.y,
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "name": self.name,
+        }
 
     @classmethod
     def from_payload(cls, d: dict) -> ImageSet:
@@ -77,6 +83,7 @@ def load_dataset(cfg, cache=None) -> tuple[ImageSet, ImageSet]:
     Decoding a folder of images is slow, so loaders that declare `cacheable: true` store the
     decoded tensors in the artifact cache, keyed by the source config.
     """
+
     def build():
         train, test = instantiate_checked("dataset", cfg.source)
         return {"train": train.to_payload(), "test": test.to_payload()}
@@ -96,6 +103,8 @@ def load_dataset(cfg, cache=None) -> tuple[ImageSet, ImageSet]:
             f"image_size={cfg.image_size}; set dataset.image_size / dataset.channels to match"
         )
     if train.num_classes != cfg.num_classes:
-        raise ConfigError(f"dataset.num_classes={cfg.num_classes} but {cfg.root if 'root' in cfg else cfg.name} "
-                          f"has {train.num_classes} classes: set dataset.num_classes={train.num_classes}")
+        raise ConfigError(
+            f"dataset.num_classes={cfg.num_classes} but {cfg.root if 'root' in cfg else cfg.name} "
+            f"has {train.num_classes} classes: set dataset.num_classes={train.num_classes}"
+        )
     return train, test

@@ -15,8 +15,18 @@ class DeviceLoader:
     DataLoader with PIL transforms in worker processes (DESIGN.md section 2, Data).
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = False, augment=None, device="cpu",
-                 seed: int = 0, drop_last: bool = False, extras: dict | None = None):
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size: int,
+        shuffle: bool = False,
+        augment=None,
+        device="cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+        extras: dict | None = None,
+    ):
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device)
@@ -30,10 +40,13 @@ class DeviceLoader:
 
     def __iter__(self):
         n = len(self.y)
-        order = (torch.randperm(n, device=self.device, generator=self.generator)
-                 if self.shuffle else torch.arange(n, device=self.device))
+        order = (
+            torch.randperm(n, device=self.device, generator=self.generator)
+            if self.shuffle
+            else torch.arange(n, device=self.device)
+        )
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.x[idx]
             if self.augment is not None:
                 x = self.augment(x, self.generator)

@@ -97,8 +97,13 @@ def cifar100(root: str = "data", download: bool = True):
 def _cifar(cls_name, root, download, what, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     tr, te = _torchvision(cls_name, root, download, what, train={"train": True}, test={"train": False})
     make = lambda d, name: ImageSet(  # noqa: E731
-        torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets),
-        list(d.classes), mean, std, name)
+        torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor(d.targets),
+        list(d.classes),
+        mean,
+        std,
+        name,
+    )
     return make(tr, cls_name.lower()), make(te, cls_name.lower())
 
 

@@ -60,9 +60,7 @@ def two_clusters(h: np.ndarray, components: int, reduce: str, seed: int):
     else:
         z = PCA(n_components=k, random_state=seed).fit_transform(h)
     assignment = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(z)
-    return assignment, (
-        float(silhouette_score(z, assignment)) if len(set(assignment)) == 2 else None
-    )
+    return assignment, (float(silhouette_score(z, assignment)) if len(set(assignment)) == 2 else None)
 
 
 def activation_clustering(
@@ -89,9 +87,7 @@ def activation_clustering(
         smaller = int(share.argmin())
         scores[idx] = 1 - share[assignment]
         report[c] = (round(float(share[smaller]), 4), silhouette)
-        separated = criterion == "size" or (
-            silhouette is not None and silhouette > silhouette_threshold
-        )
+        separated = criterion == "size" or (silhouette is not None and silhouette > silhouette_threshold)
         if share[smaller] < size_threshold and separated:
             removed[idx[assignment == smaller]] = True
     return removed, scores, report
@@ -117,17 +113,11 @@ class ActivationClustering(Defense):
     ):
         super().__init__(name=name, **kw)
         if activations not in ACTIVATIONS:
-            raise ConfigError(
-                f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}"
-            )
+            raise ConfigError(f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}")
         if reduce not in REDUCERS:
-            raise ConfigError(
-                f"defense.reduce={reduce!r} is unknown: use one of {', '.join(REDUCERS)}"
-            )
+            raise ConfigError(f"defense.reduce={reduce!r} is unknown: use one of {', '.join(REDUCERS)}")
         if criterion not in CRITERIA:
-            raise ConfigError(
-                f"defense.criterion={criterion!r} is unknown: use one of {', '.join(CRITERIA)}"
-            )
+            raise ConfigError(f"defense.criterion={criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
         if int(components) < 1:
             raise ConfigError(f"defense.components={components} must be at least 1")
         if not 0 < float(size_threshold) <= 0.5:
@@ -136,9 +126,7 @@ class ActivationClustering(Defense):
                 "clusters holds at most half of a class"
             )
         if not -1 <= float(silhouette_threshold) <= 1:
-            raise ConfigError(
-                f"defense.silhouette_threshold={silhouette_threshold} must be in [-1, 1]"
-            )
+            raise ConfigError(f"defense.silhouette_threshold={silhouette_threshold} must be in [-1, 1]")
         self.layer, self.activations = layer, activations
         self.settings = {
             "components": int(components),
@@ -159,9 +147,7 @@ class ActivationClustering(Defense):
         y = ctx.train.y
         removed, scores, report = activation_clustering(h, y, **self.settings, seed=ctx.seed)
         per_class = torch.bincount(y[removed], minlength=ctx.train.num_classes).tolist()
-        log.info(
-            "ac: removing %d of %d samples, per class %s", int(removed.sum()), len(y), per_class
-        )
+        log.info("ac: removing %d of %d samples, per class %s", int(removed.sum()), len(y), per_class)
         verdict = Verdict(kept=~removed, scores=scores)
         extra = {
             "layer": self.layer,

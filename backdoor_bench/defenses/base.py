@@ -90,14 +90,16 @@ class DefenseContext:
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
         return self.train_model(data, name="retrain")
 
-    def stage_epochs(self, epochs: int, n_samples: int, batch_size: int, min_steps: int = 0,
-                     drop_last: bool = False) -> int:
+    def stage_epochs(
+        self, epochs: int, n_samples: int, batch_size: int, min_steps: int = 0, drop_last: bool = False
+    ) -> int:
         """A stage's epochs over `n_samples` at `batch_size`: at least `min_steps` optimizer steps
         (see `training.fit.stage_length`), capped by the trainer."""
         from backdoor_bench.training.fit import steps_per_epoch
 
-        return self.stage_length(epochs, min_steps=min_steps,
-                                 steps_per_epoch=steps_per_epoch(n_samples, batch_size, drop_last))
+        return self.stage_length(
+            epochs, min_steps=min_steps, steps_per_epoch=steps_per_epoch(n_samples, batch_size, drop_last)
+        )
 
 
 class Defense:

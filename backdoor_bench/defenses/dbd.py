@@ -48,10 +48,23 @@ class DBD(Defense):
     as DBD's code does), `warmup_min_steps` (the warm-up runs at least this many steps: the paper's
     10 epochs are 3,910 steps on CIFAR-10, 120 on digits, too few for the head to learn)."""
 
-    def __init__(self, name: str = "dbd", variant: str = "full", loss: str = "sce", loss_args: dict | None = None,
-                 epsilon: float = 0.5, warmup_epochs: int = 10, finetune_epochs: int = 190, tune_epochs: int = 10,
-                 batch_size: int = 128, optimizer: dict | None = None, mixmatch: dict | None = None,
-                 score_augment: bool = True, warmup_min_steps: int = 0, **kw):
+    def __init__(
+        self,
+        name: str = "dbd",
+        variant: str = "full",
+        loss: str = "sce",
+        loss_args: dict | None = None,
+        epsilon: float = 0.5,
+        warmup_epochs: int = 10,
+        finetune_epochs: int = 190,
+        tune_epochs: int = 10,
+        batch_size: int = 128,
+        optimizer: dict | None = None,
+        mixmatch: dict | None = None,
+        score_augment: bool = True,
+        warmup_min_steps: int = 0,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if variant not in VARIANTS:
             raise ConfigError(f"defense.variant={variant!r} is unknown: use one of {', '.join(VARIANTS)}")
@@ -63,29 +76,60 @@ class DBD(Defense):
             raise ConfigError("defense.warmup_epochs, finetune_epochs, tune_epochs and batch_size must be >= 1")
         self.variant, self.loss, self.epsilon = variant, loss, float(epsilon)
         self.loss_args = dict((loss_args or {}).get(loss) or {})
-        self.warmup_epochs, self.finetune_epochs, self.tune_epochs = int(warmup_epochs), int(finetune_epochs), int(tune_epochs)
+        self.warmup_epochs, self.finetune_epochs, self.tune_epochs = (
+            int(warmup_epochs),
+            int(finetune_epochs),
+            int(tune_epochs),
+        )
         self.batch_size, self.score_augment = int(batch_size), bool(score_augment)
         self.warmup_min_steps = int(warmup_min_steps)
         self.optimizer = dict(optimizer or {"name": "adam", "lr": 0.002, "schedule": "constant"})
-        self.mixmatch = {"batch_size": 64, "iterations": 1024, "T": 0.5, "K": 2, "alpha": 0.75, "lambda_u": 15.0,
-                         "rampup_epochs": 190, **(mixmatch or {})}
+        self.mixmatch = {
+            "batch_size": 64,
+            "iterations": 1024,
+            "T": 0.5,
+            "K": 2,
+            "alpha": 0.75,
+            "lambda_u": 15.0,
+            "rampup_epochs": 190,
+            **(mixmatch or {}),
+        }
 
     def run(self, ctx: DefenseContext) -> Outcome:
         model = self._backbone(ctx)
         warm_loss, warm_args = ("ce", {}) if self.variant == "ss_ce" else (self.loss, self.loss_args)
         warmup = ctx.stage_epochs(self.warmup_epochs, len(ctx.train), self.batch_size, self.warmup_min_steps)
-        ctx.fit(Supervised(model, self.optimizer, warmup, loss=warm_loss, loss_args=warm_args, head_only=True,
-                           channels_last=ctx.channels_last, log_prefix="dbd_warmup"),
-                ctx.train, "dbd_warmup", warmup, batch_size=self.batch_size)
+        ctx.fit(
+            Supervised(
+                model,
+                self.optimizer,
+                warmup,
+                loss=warm_loss,
+                loss_args=warm_args,
+                head_only=True,
+                channels_last=ctx.channels_last,
+                log_prefix="dbd_warmup",
+            ),
+            ctx.train,
+            "dbd_warmup",
+            warmup,
+            batch_size=self.batch_size,
+        )
         score_fn = get_loss(warm_loss, **warm_args)
         state = {"round": 0}
 
         def split() -> torch.Tensor:
             """Rank every training sample by its loss; the lowest `epsilon` share is labeled."""
             device = next(model.parameters()).device  # inside a fit: the trainer's device
-            state["scores"] = per_sample_loss(model, ctx.train.x, ctx.train.y, score_fn, device=device,
-                                              augment=ctx.augment if self.score_augment else None,
-                                              seed=ctx.seed + state["round"])  # fresh views every epoch
+            state["scores"] = per_sample_loss(
+                model,
+                ctx.train.x,
+                ctx.train.y,
+                score_fn,
+                device=device,
+                augment=ctx.augment if self.score_augment else None,
+                seed=ctx.seed + state["round"],
+            )  # fresh views every epoch
             state["kept"] = high_credible(state["scores"], self.epsilon)
             state["round"] += 1
             return state["kept"]
@@ -96,9 +140,22 @@ class DBD(Defense):
         elif self.variant == "ss_sce_tune":
             tune = ctx.stage_length(self.tune_epochs)
             kept = split()
-            ctx.fit(Supervised(model, self.optimizer, tune, loss=warm_loss, loss_args=warm_args, head_only=True,
-                               channels_last=ctx.channels_last, log_prefix="dbd_tune"),
-                    ctx.train.subset(kept.nonzero().flatten()), "dbd_tune", tune, batch_size=self.batch_size)
+            ctx.fit(
+                Supervised(
+                    model,
+                    self.optimizer,
+                    tune,
+                    loss=warm_loss,
+                    loss_args=warm_args,
+                    head_only=True,
+                    channels_last=ctx.channels_last,
+                    log_prefix="dbd_tune",
+                ),
+                ctx.train.subset(kept.nonzero().flatten()),
+                "dbd_tune",
+                tune,
+                batch_size=self.batch_size,
+            )
             extra["tune_epochs"] = tune
         else:
             # the ramp-up counts the paper's warm-up epochs, not the ones a step floor added
@@ -124,14 +181,37 @@ class DBD(Defense):
         """Stage 3: MixMatch on the whole model, re-splitting at every epoch (specs A.1 item 4)."""
         m = self.mixmatch
         epochs, iterations = ctx.stage_length(self.finetune_epochs), ctx.stage_length(m["iterations"], "steps")
-        module = MixMatch(model, self.optimizer, epochs, ctx.train.num_classes, T=float(m["T"]),
-                          alpha=float(m["alpha"]), lambda_u=float(m["lambda_u"]),
-                          rampup_epochs=float(m["rampup_epochs"]), epoch_offset=warmup,
-                          channels_last=ctx.channels_last)
+        module = MixMatch(
+            model,
+            self.optimizer,
+            epochs,
+            ctx.train.num_classes,
+            T=float(m["T"]),
+            alpha=float(m["alpha"]),
+            lambda_u=float(m["lambda_u"]),
+            rampup_epochs=float(m["rampup_epochs"]),
+            epoch_offset=warmup,
+            channels_last=ctx.channels_last,
+        )
         checkpoint = ctx.stage_checkpoint("dbd_mixmatch")  # an interrupted run resumes here
-        ctx.fit(module, ctx.train, "dbd_mixmatch", epochs, checkpoint=checkpoint,
-                loader=lambda device: SemiLoader(ctx.train.x, ctx.train.y, split, int(m["batch_size"]), iterations,
-                                                 int(m["K"]), ctx.augment, device=device, seed=ctx.seed))
+        ctx.fit(
+            module,
+            ctx.train,
+            "dbd_mixmatch",
+            epochs,
+            checkpoint=checkpoint,
+            loader=lambda device: SemiLoader(
+                ctx.train.x,
+                ctx.train.y,
+                split,
+                int(m["batch_size"]),
+                iterations,
+                int(m["K"]),
+                ctx.augment,
+                device=device,
+                seed=ctx.seed,
+            ),
+        )
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         return {"finetune_epochs": epochs, "iterations": iterations}

@@ -76,38 +76,71 @@ class DBR(Defense):
     """Args: `sd` (the SD module's config, shared with D-ST), `mode` (unlearn_relearn, unlearn,
     relearn), `rounds` (20), `batch_size` (128), `optimizer` (SGD 1e-4, constant)."""
 
-    def __init__(self, name: str = "dbr", sd: dict | None = None, mode: str = "unlearn_relearn", rounds: int = 20,
-                 batch_size: int = 128, optimizer: dict | None = None, **kw):
+    def __init__(
+        self,
+        name: str = "dbr",
+        sd: dict | None = None,
+        mode: str = "unlearn_relearn",
+        rounds: int = 20,
+        batch_size: int = 128,
+        optimizer: dict | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if mode not in MODES:
             raise ConfigError(f"defense.mode={mode!r} is unknown: use one of {', '.join(MODES)}")
         if int(rounds) < 1 or int(batch_size) < 1:
             raise ConfigError("defense.rounds and defense.batch_size must be >= 1")
         self.sd, self.mode, self.rounds, self.batch_size = plain(sd), mode, int(rounds), int(batch_size)
-        self.optimizer = plain(optimizer or {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4,
-                                            "schedule": "constant"})
+        self.optimizer = plain(
+            optimizer or {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
+        )
         validate_sd(self.sd)
 
     def run(self, ctx: DefenseContext) -> Outcome:
         scores, groups = sample_split(ctx, self.sd)
         model = copy.deepcopy(ctx.backdoored_model())
         rounds = ctx.stage_length(self.rounds)
-        steps = {"unlearn_relearn": ((POISONED, -1.0), (CLEAN, 1.0)), "unlearn": ((POISONED, -1.0),),
-                 "relearn": ((CLEAN, 1.0),)}[self.mode]
+        steps = {
+            "unlearn_relearn": ((POISONED, -1.0), (CLEAN, 1.0)),
+            "unlearn": ((POISONED, -1.0),),
+            "relearn": ((CLEAN, 1.0),),
+        }[self.mode]
 
         def loader(device):
             parts = []
             for group, sign in steps:
                 idx = (groups == group).nonzero().flatten()
-                parts.append((DeviceLoader(ctx.train.x[idx], ctx.train.y[idx], self.batch_size, shuffle=True,
-                                           augment=ctx.augment, device=device, seed=ctx.seed + group), sign))
+                parts.append(
+                    (
+                        DeviceLoader(
+                            ctx.train.x[idx],
+                            ctx.train.y[idx],
+                            self.batch_size,
+                            shuffle=True,
+                            augment=ctx.augment,
+                            device=device,
+                            seed=ctx.seed + group,
+                        ),
+                        sign,
+                    )
+                )
             return Phases(parts)
 
         checkpoint = ctx.stage_checkpoint("dbr")
-        ctx.fit(_UnlearnRelearn(model, self.optimizer, rounds, ctx.channels_last), ctx.train, "dbr", rounds,
-                checkpoint=checkpoint, loader=loader)
+        ctx.fit(
+            _UnlearnRelearn(model, self.optimizer, rounds, ctx.channels_last),
+            ctx.train,
+            "dbr",
+            rounds,
+            checkpoint=checkpoint,
+            loader=loader,
+        )
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         extra = {"mode": self.mode, "rounds": rounds, **split_counts(groups, ctx.train.y, ctx.train.num_classes)}
-        return Outcome(model=model.cpu(), verdict=Verdict(kept=groups != POISONED, scores=scores,
-                                                          trusted=groups == CLEAN), extra=extra)
+        return Outcome(
+            model=model.cpu(),
+            verdict=Verdict(kept=groups != POISONED, scores=scores, trusted=groups == CLEAN),
+            extra=extra,
+        )

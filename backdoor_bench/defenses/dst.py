@@ -56,8 +56,13 @@ class _FrozenEncoderHead(pl.LightningModule):
 
     def __init__(self, model: torch.nn.Module, views, optim: dict, schedule_epochs: int, lambda_p: float | None):
         super().__init__()
-        self.model, self.views, self.optim, self.schedule_epochs, self.lambda_p = (model, views, optim,
-                                                                                   schedule_epochs, lambda_p)
+        self.model, self.views, self.optim, self.schedule_epochs, self.lambda_p = (
+            model,
+            views,
+            optim,
+            schedule_epochs,
+            lambda_p,
+        )
 
     def training_step(self, batch, batch_idx):
         self.model.eval()
@@ -82,9 +87,18 @@ class DST(Defense):
     base_temperature, projector_dim, optimizer, augment), `classifier` (mce, ce), `lambda_p`,
     `head` (epochs, batch_size, optimizer)."""
 
-    def __init__(self, name: str = "dst", sd: dict | None = None, extractor: str = "ss_ctl",
-                 clean_pos_only: bool = False, encoder: dict | None = None, classifier: str = "mce",
-                 lambda_p: float = 0.001, head: dict | None = None, **kw):
+    def __init__(
+        self,
+        name: str = "dst",
+        sd: dict | None = None,
+        extractor: str = "ss_ctl",
+        clean_pos_only: bool = False,
+        encoder: dict | None = None,
+        classifier: str = "mce",
+        lambda_p: float = 0.001,
+        head: dict | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if extractor not in EXTRACTORS:
             raise ConfigError(f"defense.extractor={extractor!r} is unknown: use one of {', '.join(EXTRACTORS)}")
@@ -93,7 +107,12 @@ class DST(Defense):
         if float(lambda_p) < 0:
             raise ConfigError(f"defense.lambda_p={lambda_p} must be >= 0 (the paper: 0.001)")
         self.sd, self.extractor, self.clean_pos_only = plain(sd), extractor, bool(clean_pos_only)
-        self.encoder, self.classifier, self.lambda_p, self.head = plain(encoder), classifier, float(lambda_p), plain(head)
+        self.encoder, self.classifier, self.lambda_p, self.head = (
+            plain(encoder),
+            classifier,
+            float(lambda_p),
+            plain(head),
+        )
         if self.uses_split:
             validate_sd(self.sd)
 
@@ -115,15 +134,26 @@ class DST(Defense):
     def _encoder(self, ctx: DefenseContext, groups: torch.Tensor | None) -> torch.nn.Module:
         """ST-1, cached by the extractor, its config and the samples it supervises (SS-CTL: the clean split)."""
         e = self.encoder
-        epochs = ctx.stage_epochs(e["epochs"], len(ctx.train), int(e["batch_size"]), int(e.get("min_steps") or 0),
-                                  drop_last=len(ctx.train) > int(e["batch_size"]))
-        supervised = {"ctl": torch.zeros(len(ctx.train), dtype=torch.bool),
-                      "s_ctl": torch.ones(len(ctx.train), dtype=torch.bool)}.get(self.extractor)
+        epochs = ctx.stage_epochs(
+            e["epochs"],
+            len(ctx.train),
+            int(e["batch_size"]),
+            int(e.get("min_steps") or 0),
+            drop_last=len(ctx.train) > int(e["batch_size"]),
+        )
+        supervised = {
+            "ctl": torch.zeros(len(ctx.train), dtype=torch.bool),
+            "s_ctl": torch.ones(len(ctx.train), dtype=torch.bool),
+        }.get(self.extractor)
         if supervised is None:
             supervised = groups == CLEAN
-        spec = {"extractor": self.extractor, "encoder": {**e, "epochs": epochs}, "seed": ctx.seed,
-                "supervised": hashlib.sha256(supervised.numpy().tobytes()).hexdigest()[:16],  # the split itself
-                **({"clean_pos_only": self.clean_pos_only} if self.extractor == "ss_ctl" else {})}
+        spec = {
+            "extractor": self.extractor,
+            "encoder": {**e, "epochs": epochs},
+            "seed": ctx.seed,
+            "supervised": hashlib.sha256(supervised.numpy().tobytes()).hexdigest()[:16],  # the split itself
+            **({"clean_pos_only": self.clean_pos_only} if self.extractor == "ss_ctl" else {}),
+        }
 
         def build() -> dict:
             torch.manual_seed(ctx.seed)
@@ -134,13 +164,34 @@ class DST(Defense):
             def loss_fn(z, batch):
                 return sup_con(z, contrastive_positives(batch["y"], batch["supervised"], pos_only), t, t_base)
 
-            module = SimCLR(model, views, dict(e["optimizer"]), epochs, projector_dim=int(e["projector_dim"]),
-                            channels_last=ctx.channels_last, loss_fn=loss_fn, projector_bn=False)
+            module = SimCLR(
+                model,
+                views,
+                dict(e["optimizer"]),
+                epochs,
+                projector_dim=int(e["projector_dim"]),
+                channels_last=ctx.channels_last,
+                loss_fn=loss_fn,
+                projector_bn=False,
+            )
             bs, checkpoint = int(e["batch_size"]), ctx.stage_checkpoint("dst_encoder")
-            ctx.fit(module, ctx.train, "dst_encoder", epochs, checkpoint=checkpoint,
-                    loader=lambda device: DeviceLoader(ctx.train.x, ctx.train.y, bs, shuffle=True, device=device,
-                                                       seed=ctx.seed, drop_last=len(ctx.train) > bs,
-                                                       extras={"supervised": supervised}))
+            ctx.fit(
+                module,
+                ctx.train,
+                "dst_encoder",
+                epochs,
+                checkpoint=checkpoint,
+                loader=lambda device: DeviceLoader(
+                    ctx.train.x,
+                    ctx.train.y,
+                    bs,
+                    shuffle=True,
+                    device=device,
+                    seed=ctx.seed,
+                    drop_last=len(ctx.train) > bs,
+                    extras={"supervised": supervised},
+                ),
+            )
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)
             return {"state_dict": model.cpu().state_dict()}
@@ -161,6 +212,7 @@ class DST(Defense):
             data, extras = ctx.train, {}
         epochs = ctx.stage_epochs(h["epochs"], len(data), int(h["batch_size"]), int(h.get("min_steps") or 0))
         views = SimCLRViews(ctx.train.shape[-1], ctx.train.shape[0], **dict(self.encoder["augment"]))
-        module = _FrozenEncoderHead(model, views, dict(h["optimizer"]), epochs,
-                                    self.lambda_p if self.classifier == "mce" else None)
+        module = _FrozenEncoderHead(
+            model, views, dict(h["optimizer"]), epochs, self.lambda_p if self.classifier == "mce" else None
+        )
         ctx.fit(module, data, "dst_head", epochs, augment=False, batch_size=int(h["batch_size"]), extras=extras)

@@ -73,17 +73,13 @@ def mean_log_std(z: torch.Tensor) -> float:
     return float(z.float().std(0).clamp_min(1e-6).log().mean())
 
 
-def foreign_nll(
-    L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float = 0.0
-) -> torch.Tensor:
+def foreign_nll(L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float = 0.0) -> torch.Tensor:
     """Eq. 3 per dimension: the mean NLL of class c's flow over the samples not labeled c, divided
     by the feature dimension `dim`, plus `log_std` (mean_log_std of the features: the NLL of the
     features divided by their per-dimension std; 0 keeps the raw units)."""
     C = L.shape[1]
     nan = torch.tensor(float("nan"))
-    return torch.stack(
-        [-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)]
-    )
+    return torch.stack([-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)])
 
 
 def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -92,10 +88,7 @@ def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     C = L.shape[1]
     pred = L.argmax(1)
     return torch.stack(
-        [
-            (pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
-            for c in range(C)
-        ]
+        [(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan")) for c in range(C)]
     )
 
 
@@ -166,15 +159,11 @@ class FlowRelabel(Defense):
     ):
         super().__init__(name=name, **kw)
         if variant not in ("full", "supervised"):
-            raise ConfigError(
-                f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised"
-            )
+            raise ConfigError(f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised")
         if sd_direction not in ("gt", "lt"):
             raise ConfigError(f"defense.sd_direction={sd_direction!r} is unknown: use gt or lt")
         if nd_score not in ("foreign_nll", "consistency"):
-            raise ConfigError(
-                f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency"
-            )
+            raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency")
         if nd_units not in ("standardized", "raw"):
             raise ConfigError(f"defense.nd_units={nd_units!r} is unknown: use standardized or raw")
         if not 0 < float(alpha) <= 0.5:
@@ -243,13 +232,9 @@ class FlowRelabel(Defense):
         """Steps 2-5 on features `z` with given labels `y`, the flows fitted on `device`:
         (verdict, extra, v, mu, flagged classes)."""
         epochs = int(epochs or self.flow["epochs"])
-        return self.decide(
-            self.log_densities(z, y, num_classes, seed, epochs, device), y, z, epochs
-        )
+        return self.decide(self.log_densities(z, y, num_classes, seed, epochs, device), y, z, epochs)
 
-    def nd_scores(
-        self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def nd_scores(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """S_ND per class under every reading: Eq. 3 per dimension in standardised units and in the
         raw units of `z`, and the label consistency."""
         d = z.shape[1]
@@ -338,9 +323,7 @@ class FlowRelabel(Defense):
         def fitted(zc: torch.Tensor, s: int):
             torch.manual_seed(s)
             flow = make_flow(z.shape[1], int(f["hidden"]), int(f["transforms"]))
-            nll = fit_flow(
-                flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device
-            )
+            nll = fit_flow(flow, zc, epochs, int(f["batch_size"]), float(f["lr"]), f["betas"], s, device)
             return flow, nll[-1]
 
         cols = []
@@ -357,9 +340,7 @@ class FlowRelabel(Defense):
                     epochs,
                 )
                 continue
-            halves = idx[
-                torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))
-            ].tensor_split(2)
+            halves = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + c))].tensor_split(2)
             flows = [fitted(z[h], seed + c + 1000 * k) for k, h in enumerate(halves)]
             L2 = log_density_matrix([fl for fl, _ in flows], z)  # [N, 2]
             col = L2.logsumexp(1) - math.log(2)  # the mixture, for every sample outside class c
@@ -382,8 +363,6 @@ class FlowRelabel(Defense):
     def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
         """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
         try:
-            foreign_density_histograms(
-                v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins
-            )
+            foreign_density_histograms(v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins)
         except Exception as e:  # a figure never costs a result
             log.warning("could not draw the foreign-density histograms: %s", e)

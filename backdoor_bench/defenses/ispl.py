@@ -82,12 +82,26 @@ class ISPL(Defense):
     `batch_size` (128), `optimizer` (the weak learners' and self-training's; the PreActResNet-18
     values, constant rate as the code's milestones never trigger)."""
 
-    def __init__(self, name: str = "ispl", runs: int = 3, components: int = 8, coverage: float = 0.96,
-                 expansion: float = 0.25, momentum: float = 0.9, class_floor: float = 1 / 8, warmup_epochs: int = 8,
-                 iteration_epochs: int = 4, learner_epochs: int = 40, learner_min_steps: int = 0,
-                 min_pool: float = 0.04,
-                 self_train: dict | None = None, augmented_views: bool = True, batch_size: int = 128,
-                 optimizer: dict | None = None, **kw):
+    def __init__(
+        self,
+        name: str = "ispl",
+        runs: int = 3,
+        components: int = 8,
+        coverage: float = 0.96,
+        expansion: float = 0.25,
+        momentum: float = 0.9,
+        class_floor: float = 1 / 8,
+        warmup_epochs: int = 8,
+        iteration_epochs: int = 4,
+        learner_epochs: int = 40,
+        learner_min_steps: int = 0,
+        min_pool: float = 0.04,
+        self_train: dict | None = None,
+        augmented_views: bool = True,
+        batch_size: int = 128,
+        optimizer: dict | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if int(runs) < 1 or int(components) < 1:
             raise ConfigError("defense.runs and defense.components must be >= 1")
@@ -101,11 +115,18 @@ class ISPL(Defense):
         self.warmup_epochs, self.iteration_epochs = int(warmup_epochs), int(iteration_epochs)
         self.learner_epochs, self.min_pool = int(learner_epochs), float(min_pool)
         self.learner_min_steps = int(learner_min_steps)
-        self.self_train = {"rounds": 20, "epochs": 5, "momentum": 0.8, "threshold": 0.5, "min_steps": 0,
-                           **(self_train or {})}
+        self.self_train = {
+            "rounds": 20,
+            "epochs": 5,
+            "momentum": 0.8,
+            "threshold": 0.5,
+            "min_steps": 0,
+            **(self_train or {}),
+        }
         self.augmented_views, self.batch_size = bool(augmented_views), int(batch_size)
-        self.optimizer = dict(optimizer or {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4,
-                                            "schedule": "constant"})
+        self.optimizer = dict(
+            optimizer or {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
+        )
 
     # -- shared mechanics -------------------------------------------------------------------
     def _model(self, ctx: DefenseContext, seed: int) -> torch.nn.Module:
@@ -135,15 +156,23 @@ class ISPL(Defense):
         if dp >= 0.999:  # the pool is about one component: take it whole (spec C.2 item 1)
             core = pool
         else:
-            f = _Incremental(self._model(ctx, seed), self.optimizer, 1, channels_last=ctx.channels_last,
-                             log_prefix="ispl_f")
+            f = _Incremental(
+                self._model(ctx, seed), self.optimizer, 1, channels_last=ctx.channels_last, log_prefix="ispl_f"
+            )
             train = pool[torch.rand(len(pool), generator=g) < 0.5] if len(pool) == n0 else pool
             m = torch.zeros(len(pool))
             for i, beta in enumerate(betas):
                 epochs = ctx.stage_length(self.warmup_epochs if i == 0 else self.iteration_epochs)
                 self._train(ctx, f, train, epochs, "ispl_f")
-                loss = per_sample_loss(f.model, ctx.train.x[pool], y[pool], F.cross_entropy, device=ctx.device,
-                                       augment=ctx.augment if self.augmented_views else None, seed=seed * 31 + i)
+                loss = per_sample_loss(
+                    f.model,
+                    ctx.train.x[pool],
+                    y[pool],
+                    F.cross_entropy,
+                    device=ctx.device,
+                    augment=ctx.augment if self.augmented_views else None,
+                    seed=seed * 31 + i,
+                )
                 m = (1 - self.momentum) * loss + self.momentum * m
                 kept = pool[trim(m, y[pool], beta, self.class_floor)]
                 train = kept[torch.rand(len(kept), generator=g) < self.expansion]
@@ -151,8 +180,9 @@ class ISPL(Defense):
                     train = kept
             core = kept
         epochs = ctx.stage_epochs(self.learner_epochs, len(core), self.batch_size, self.learner_min_steps)
-        learner = Supervised(self._model(ctx, seed + 1), self.optimizer, epochs, channels_last=ctx.channels_last,
-                             log_prefix="ispl_g")
+        learner = Supervised(
+            self._model(ctx, seed + 1), self.optimizer, epochs, channels_last=ctx.channels_last, log_prefix="ispl_g"
+        )
         self._train(ctx, learner, core, epochs, "ispl_g")
         return core, self._predict(ctx, learner.model, seed + 2)
 
@@ -179,8 +209,15 @@ class ISPL(Defense):
                 pool = pool[~torch.isin(pool, core)]
                 preds.append(pred)
                 sizes_r.append(len(core))
-                log.info("ispl run %d/%d component %d/%d: %d samples, %d left in the pool", r + 1, self.runs, e + 1,
-                         self.components, len(core), len(pool))
+                log.info(
+                    "ispl run %d/%d component %d/%d: %d samples, %d left in the pool",
+                    r + 1,
+                    self.runs,
+                    e + 1,
+                    self.components,
+                    len(core),
+                    len(pool),
+                )
             sizes.append(sizes_r)
         return torch.stack(preds), sizes
 
@@ -214,6 +251,13 @@ class ISPL(Defense):
         voted = int(keep.sum())
         keep, c, counts = self.self_training(ctx, keep)
         verdict = Verdict(kept=keep, scores=1 - c)  # scores: disagreement with the given label
-        return Outcome(model=ctx.retrain(verdict), verdict=verdict,
-                       extra={"component_sizes": sizes, "learners": len(preds), "kept_by_vote": voted,
-                              "kept_per_self_training_round": counts})
+        return Outcome(
+            model=ctx.retrain(verdict),
+            verdict=verdict,
+            extra={
+                "component_sizes": sizes,
+                "learners": len(preds),
+                "kept_by_vote": voted,
+                "kept_per_self_training_round": counts,
+            },
+        )

@@ -38,9 +38,7 @@ def lowest(loss: torch.Tensor, n: int) -> torch.Tensor:
     return kept
 
 
-def trimmed_rounds(
-    n: int, rounds: int, keep: int, round_loss: Callable[[torch.Tensor, int], torch.Tensor]
-):
+def trimmed_rounds(n: int, rounds: int, keep: int, round_loss: Callable[[torch.Tensor, int], torch.Tensor]):
     """(kept masks per round, last round's losses): round r calls `round_loss(kept, r)` (train a
     fresh model on the `kept` samples, return the loss of all `n`) and keeps the `keep` lowest."""
     kept, history, loss = torch.ones(n, dtype=torch.bool), [], None
@@ -69,9 +67,7 @@ class ITLM(Defense):
     ):
         super().__init__(name=name, **kw)
         if min(int(rounds), int(first_epochs), int(epochs)) < 1:
-            raise ConfigError(
-                "defense.rounds, defense.first_epochs and defense.epochs must be >= 1"
-            )
+            raise ConfigError("defense.rounds, defense.first_epochs and defense.epochs must be >= 1")
         trim = float(expected_poison_rate) * float(trim_factor)
         if not 0 <= trim < 1:
             raise ConfigError(
@@ -86,13 +82,9 @@ class ITLM(Defense):
 
         def round_loss(kept: torch.Tensor, r: int) -> torch.Tensor:
             epochs = ctx.stage_length(self.first_epochs if r == 0 else self.epochs)
-            model = ctx.train_model(
-                train.subset(kept.nonzero().flatten()), name=f"itlm{r}", max_epochs=epochs
-            )
+            model = ctx.train_model(train.subset(kept.nonzero().flatten()), name=f"itlm{r}", max_epochs=epochs)
             loss = per_sample_loss(model, train.x, train.y, F.cross_entropy, device=ctx.device)
-            log.info(
-                "itlm round %d: trained %d epochs on %d samples", r + 1, epochs, int(kept.sum())
-            )
+            log.info("itlm round %d: trained %d epochs on %d samples", r + 1, epochs, int(kept.sum()))
             return loss
 
         history, loss = trimmed_rounds(len(train), self.rounds, keep, round_loss)

@@ -60,8 +60,9 @@ def rotate_then_shift(x: torch.Tensor, degrees: torch.Tensor, shift: torch.Tenso
     return _sample(_sample(x, rotation), translation)
 
 
-def rotate_translate(x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0,
-                     translate: float = 0.2) -> torch.Tensor:
+def rotate_translate(
+    x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0, translate: float = 0.2
+) -> torch.Tensor:
     """tau of specs B.1 item 3 on a float batch [N, C, H, W]: RandomRotation(+-`degrees`), then
     RandomAffine(translate=(`translate`, `translate`)): per image an angle uniform in +-`degrees`
     and a shift of round(uniform(+-`translate` x size)) pixels per axis (`rotate_then_shift`)."""
@@ -72,8 +73,15 @@ def rotate_translate(x: torch.Tensor, generator: torch.Generator, degrees: float
 
 
 @torch.no_grad()
-def fct(model: torch.nn.Module, x: torch.Tensor, seed: int = 0, draws: int = 1, batch_size: int = 512,
-        device="cpu", **transform) -> torch.Tensor:
+def fct(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    seed: int = 0,
+    draws: int = 1,
+    batch_size: int = 512,
+    device="cpu",
+    **transform,
+) -> torch.Tensor:
     """Eq. 1 for uint8 images `x`, averaged over `draws` random transformations (fixed `seed`):
     ||phi(x) - phi(tau(x))||^2 / d with phi = `model.features`, the model in eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -102,7 +110,7 @@ def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, se
     order = perm[torch.sort(scores.float()[perm], stable=True).indices]
     groups = torch.full((n,), UNCERTAIN, dtype=torch.int8)
     groups[order[:n_c]] = CLEAN
-    groups[order[n - n_p:]] = POISONED
+    groups[order[n - n_p :]] = POISONED
     return groups
 
 
@@ -133,8 +141,10 @@ def split_counts(groups: torch.Tensor, y: torch.Tensor | None = None, num_classe
     """The split's sizes, for results.json; with the given labels `y`, also the per-class make-up
     of the clean and poisoned splits (`clean_per_class`, `poisoned_per_class`: counts by given
     label), which shows a split that follows the class prior rather than the trigger."""
-    out = {f"n_{k}": int((groups == v).sum()) for k, v in (("clean", CLEAN), ("uncertain", UNCERTAIN),
-                                                           ("poisoned", POISONED))}
+    out = {
+        f"n_{k}": int((groups == v).sum())
+        for k, v in (("clean", CLEAN), ("uncertain", UNCERTAIN), ("poisoned", POISONED))
+    }
     if y is not None:
         c = int(num_classes or int(y.max()) + 1)
         for k, v in (("clean", CLEAN), ("poisoned", POISONED)):
@@ -147,8 +157,10 @@ def validate_sd(sd: dict) -> None:
         raise ConfigError(f"defense.sd.metric={sd['metric']!r} is unknown: use one of {', '.join(METRICS)}")
     c, p = float(sd["clean_ratio"]), float(sd["poison_ratio"])
     if not (0 < c < 1 and 0 < p < 1 and c + p <= 1):
-        raise ConfigError(f"defense.sd.clean_ratio={c} and poison_ratio={p} must be shares in (0, 1) that sum "
-                          "to at most 1 (the paper: 0.2 and 0.05)")
+        raise ConfigError(
+            f"defense.sd.clean_ratio={c} and poison_ratio={p} must be shares in (0, 1) that sum "
+            "to at most 1 (the paper: 0.2 and 0.05)"
+        )
 
 
 def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
@@ -159,11 +171,23 @@ def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
     bs = int(sd["batch_size"])
     epochs = ctx.stage_epochs(sd["epochs"], len(ctx.train), bs, int(sd.get("min_steps") or 0))
     separate = ctx.stage_epochs(sd["finetune_epochs"], len(ctx.train), bs, int(sd.get("finetune_min_steps") or 0))
-    ctx.fit(Supervised(model, optim, schedule, channels_last=ctx.channels_last, log_prefix="sd_train"),
-            ctx.train, "sd_train", epochs, augment=False, batch_size=int(sd["batch_size"]))
+    ctx.fit(
+        Supervised(model, optim, schedule, channels_last=ctx.channels_last, log_prefix="sd_train"),
+        ctx.train,
+        "sd_train",
+        epochs,
+        augment=False,
+        batch_size=int(sd["batch_size"]),
+    )
     if int(sd["finetune_epochs"]) > 0:
-        ctx.fit(_CentroidSeparation(model, optim, schedule), ctx.train, "sd_separate", separate, augment=False,
-                batch_size=int(sd["batch_size"]))
+        ctx.fit(
+            _CentroidSeparation(model, optim, schedule),
+            ctx.train,
+            "sd_separate",
+            separate,
+            augment=False,
+            batch_size=int(sd["batch_size"]),
+        )
     return model
 
 
@@ -183,15 +207,39 @@ def _scores(ctx: DefenseContext, sd: dict) -> torch.Tensor:
         model.head.reset_parameters()
         d = dict(sd["sce"])
         epochs = ctx.stage_length(d["epochs"])
-        ctx.fit(Supervised(model, dict(d["optimizer"]), epochs, loss="sce", head_only=True,
-                           channels_last=ctx.channels_last, log_prefix="sd_sce"), ctx.train, "sd_sce", epochs)
+        ctx.fit(
+            Supervised(
+                model,
+                dict(d["optimizer"]),
+                epochs,
+                loss="sce",
+                head_only=True,
+                channels_last=ctx.channels_last,
+                log_prefix="sd_sce",
+            ),
+            ctx.train,
+            "sd_sce",
+            epochs,
+        )
         return per_sample_loss(model, x, y, get_loss("sce"), device=ctx.device)
     d = dict(sd["lga"])  # ABL's isolation (Li et al. 2021): the lowest losses are the poison
     epochs = ctx.stage_length(d["epochs"])
     torch.manual_seed(ctx.seed)
     model = ctx.new_model()
-    ctx.fit(Supervised(model, dict(d["optimizer"]), epochs, loss="lga", loss_args={"gamma": float(d["gamma"])},
-                       channels_last=ctx.channels_last, log_prefix="sd_lga"), ctx.train, "sd_lga", epochs)
+    ctx.fit(
+        Supervised(
+            model,
+            dict(d["optimizer"]),
+            epochs,
+            loss="lga",
+            loss_args={"gamma": float(d["gamma"])},
+            channels_last=ctx.channels_last,
+            log_prefix="sd_lga",
+        ),
+        ctx.train,
+        "sd_lga",
+        epochs,
+    )
     return -per_sample_loss(model, x, y, get_loss("ce"), device=ctx.device)
 
 
@@ -206,8 +254,18 @@ def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Ten
     groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]), ctx.seed)
     n_low = int((scores == scores.min()).sum())
     if n_low > 1 and n_low >= 0.01 * len(scores):
-        log.warning("%d samples share the lowest %s score (%.3g): the clean split is drawn from them at random "
-                    "(a sensitivity model whose features do not react to tau?)", n_low, sd["metric"], float(scores.min()))
-    log.info("SD split (%s): %d clean, %d uncertain, %d poisoned", sd["metric"], int((groups == CLEAN).sum()),
-             int((groups == UNCERTAIN).sum()), int((groups == POISONED).sum()))
+        log.warning(
+            "%d samples share the lowest %s score (%.3g): the clean split is drawn from them at random "
+            "(a sensitivity model whose features do not react to tau?)",
+            n_low,
+            sd["metric"],
+            float(scores.min()),
+        )
+    log.info(
+        "SD split (%s): %d clean, %d uncertain, %d poisoned",
+        sd["metric"],
+        int((groups == CLEAN).sum()),
+        int((groups == UNCERTAIN).sum()),
+        int((groups == POISONED).sum()),
+    )
     return scores, groups

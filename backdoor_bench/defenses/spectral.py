@@ -80,9 +80,7 @@ class SpectralSignatures(Defense):
     ):
         super().__init__(name=name, **kw)
         if activations not in ACTIVATIONS:
-            raise ConfigError(
-                f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}"
-            )
+            raise ConfigError(f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}")
         share = max(float(expected_poison_rate) * float(removal_factor), float(min_removal))
         if not 0 < float(expected_poison_rate) <= 1 or float(removal_factor) <= 0 or share > 1:
             raise ConfigError(

@@ -52,14 +52,13 @@ def knn_indices(h: torch.Tensor, k: int, batch_size: int = 1024) -> torch.Tensor
     h = F.normalize(h.float(), dim=1)
     out = []
     for i in range(0, len(h), batch_size):
-        sim = h[i:i + batch_size] @ h.T
+        sim = h[i : i + batch_size] @ h.T
         sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = float("-inf")
         out.append(sim.topk(k, dim=1).indices)
     return torch.cat(out)
 
 
-def knn_consistency(neighbours: torch.Tensor, y: torch.Tensor, num_classes: int,
-                    voters: torch.Tensor | None = None):
+def knn_consistency(neighbours: torch.Tensor, y: torch.Tensor, num_classes: int, voters: torch.Tensor | None = None):
     """(s, majority, majority_share): the share of each sample's neighbours with its label, the
     neighbours' most common label and that label's share. Only `voters` (bool [N], default all)
     count; a sample without voting neighbours gets s = majority_share = 0."""
@@ -91,8 +90,9 @@ EMBEDDINGS = ("projector", "backbone")
 CLASS_GATES = ("outflow", "none")
 
 
-def ssl_embedding(model: torch.nn.Module, x: torch.Tensor, embedding: str = "projector", device="cpu",
-                  batch_size: int = 1024) -> torch.Tensor:
+def ssl_embedding(
+    model: torch.nn.Module, x: torch.Tensor, embedding: str = "projector", device="cpu", batch_size: int = 1024
+) -> torch.Tensor:
     """[N, d] embedding of uint8 images `x` by a SimCLR-trained `model`: `backbone`, its features
     E(x); `projector`, z = L(E(x)) through `model.ssl_projector` (eval mode, on CPU)."""
     h = extract_features(model, x, device=device)
@@ -100,11 +100,13 @@ def ssl_embedding(model: torch.nn.Module, x: torch.Tensor, embedding: str = "pro
         return h
     proj = getattr(model, "ssl_projector", None)
     if proj is None:
-        raise RuntimeError("embedding=projector needs the SimCLR projector (model.ssl_projector, set by the "
-                           "pipeline's ssl_backbone): use defense.embedding=backbone otherwise")
+        raise RuntimeError(
+            "embedding=projector needs the SimCLR projector (model.ssl_projector, set by the "
+            "pipeline's ssl_backbone): use defense.embedding=backbone otherwise"
+        )
     proj = proj.cpu().eval()
     with torch.no_grad():
-        return torch.cat([proj(h[i:i + batch_size].float()) for i in range(0, len(h), batch_size)])
+        return torch.cat([proj(h[i : i + batch_size].float()) for i in range(0, len(h), batch_size)])
 
 
 class SSLKNN(Defense):
@@ -113,9 +115,19 @@ class SSLKNN(Defense):
     (false: remove every flagged sample instead), `class_gate` (outflow | none) and
     `class_threshold` (3.5)."""
 
-    def __init__(self, name: str = "ssl_knn", k: int = 50, filter_threshold: float = 0.5,
-                 relabel_threshold: float = 0.5, rounds: int = 1, relabel: bool = True, class_gate: str = "outflow",
-                 class_threshold: float = 3.5, embedding: str = "projector", **kw):
+    def __init__(
+        self,
+        name: str = "ssl_knn",
+        k: int = 50,
+        filter_threshold: float = 0.5,
+        relabel_threshold: float = 0.5,
+        rounds: int = 1,
+        relabel: bool = True,
+        class_gate: str = "outflow",
+        class_threshold: float = 3.5,
+        embedding: str = "projector",
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         if int(k) < 1 or int(rounds) < 1:
             raise ConfigError("defense.k and defense.rounds must be >= 1")
@@ -140,11 +152,19 @@ class SSLKNN(Defense):
         kept = torch.ones(len(given), dtype=torch.bool)
         s, majority, _ = knn_consistency(neighbours, given, C)
         outflow = net_outflow(given, majority, s < self.filter_threshold, C)
-        targets = outlier_classes(outflow, self.class_threshold) if self.class_gate == "outflow" \
+        targets = (
+            outlier_classes(outflow, self.class_threshold)
+            if self.class_gate == "outflow"
             else torch.ones(C, dtype=torch.bool)
-        log.info("ssl_knn (%s embedding, %d-d): net outflow per class %s; class gate %s opened classes %s",
-                 self.embedding, h.shape[1], [round(float(a), 3) for a in outflow], self.class_gate,
-                 targets.nonzero().flatten().tolist())
+        )
+        log.info(
+            "ssl_knn (%s embedding, %d-d): net outflow per class %s; class gate %s opened classes %s",
+            self.embedding,
+            h.shape[1],
+            [round(float(a), 3) for a in outflow],
+            self.class_gate,
+            targets.nonzero().flatten().tolist(),
+        )
         changes = []
         for r in range(self.rounds):
             # removed samples are neither judged nor counted as neighbours again
@@ -155,14 +175,26 @@ class SSLKNN(Defense):
             changed = int((new != labels).sum()) + int((flagged & ~relabel).sum())
             labels, kept = new, kept & ~(flagged & ~relabel)
             changes.append(changed)
-            log.info("ssl_knn round %d: %d flagged, %d relabeled, %d removed so far", r + 1, int(flagged.sum()),
-                     int(relabel.sum()), int((~kept).sum()))
+            log.info(
+                "ssl_knn round %d: %d flagged, %d relabeled, %d removed so far",
+                r + 1,
+                int(flagged.sum()),
+                int(relabel.sum()),
+                int((~kept).sum()),
+            )
             if changed < 0.001 * len(labels):
                 break
         s, _, _ = knn_consistency(neighbours, given, C)
         verdict = Verdict(kept=kept, labels=labels, scores=1 - s)  # scores: inconsistency with the given label
-        extra = {"embedding": self.embedding, "embedding_dim": int(h.shape[1]), "k": k, "rounds": len(changes),
-                 "changes_per_round": changes, "class_gate": self.class_gate,
-                 "class_threshold": self.class_threshold if self.class_gate == "outflow" else None,
-                 "net_outflow": outflow.tolist(), "gate_opened": targets.nonzero().flatten().tolist()}
+        extra = {
+            "embedding": self.embedding,
+            "embedding_dim": int(h.shape[1]),
+            "k": k,
+            "rounds": len(changes),
+            "changes_per_round": changes,
+            "class_gate": self.class_gate,
+            "class_threshold": self.class_threshold if self.class_gate == "outflow" else None,
+            "net_outflow": outflow.tolist(),
+            "gate_opened": targets.nonzero().flatten().tolist(),
+        }
         return Outcome(model=ctx.retrain(verdict), verdict=verdict, extra=extra)

@@ -15,8 +15,7 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
-                         if stride != 1 or cin != cout else None)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x):
         out = F.relu(self.bn1(x))

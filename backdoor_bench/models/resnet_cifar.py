@@ -21,9 +21,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -34,18 +32,14 @@ class ResNet32(nn.Module):
     """Submodules: `conv1`, `bn1`, `layer1`..`layer3` (5 blocks each, `layer3.2` is the third
     block of the third stage), `head`."""
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, width: int = 16, blocks: int = 5
-    ):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16, blocks: int = 5):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         cin = width
         for i, stride in enumerate((1, 2, 2)):
             cout = width * 2**i
-            stage = [BasicBlock(cin, cout, stride)] + [
-                BasicBlock(cout, cout) for _ in range(blocks - 1)
-            ]
+            stage = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
             cin = cout
         self.head = nn.Linear(cin, num_classes)

@@ -9,12 +9,21 @@ class SmallCNN(nn.Module):
         w = width
 
         def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                 nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+            )
 
-        self.body = nn.Sequential(block(in_channels, w), block(w, w), nn.MaxPool2d(2),
-                                  block(w, 2 * w), block(2 * w, 2 * w), nn.MaxPool2d(2),
-                                  block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            block(in_channels, w),
+            block(w, w),
+            nn.MaxPool2d(2),
+            block(w, 2 * w),
+            block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(4 * w, num_classes)
 
     def features(self, x):

@@ -9,9 +9,20 @@ from pathlib import Path
 import pandas as pd
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
-METRIC_NAMES = {"acc": "ACC", "asr": "ASR", "ra": "RA", "acc_nontarget": "ACC-NT", "tpr": "TPR", "fpr": "FPR",
-                "precision": "Prec", "relabel_acc": "RelAcc", "tmr": "TMR",
-                "kept_poison_rate": "KeptP", "fp": "FP", "fn": "FN"}
+METRIC_NAMES = {
+    "acc": "ACC",
+    "asr": "ASR",
+    "ra": "RA",
+    "acc_nontarget": "ACC-NT",
+    "tpr": "TPR",
+    "fpr": "FPR",
+    "precision": "Prec",
+    "relabel_acc": "RelAcc",
+    "tmr": "TMR",
+    "kept_poison_rate": "KeptP",
+    "fp": "FP",
+    "fn": "FN",
+}
 COUNTS = {"tp", "fp", "fn", "n_flagged", "n_removed", "n_relabeled", "n_trusted"}  # reported as they are, not in %
 
 
@@ -41,9 +52,13 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             r = json.loads(path.read_text())
             cfg = r.get("config", {})
             row = {
-                "run": str(path.parent), "dataset": r.get("data", {}).get("name"), "model": _model_name(cfg),
-                "attack": cfg.get("attack", {}).get("name"), "defense": _defense_label(cfg.get("defense", {})),
-                "poison_rate": cfg.get("attack", {}).get("poison_rate"), "seed": cfg.get("seed"),
+                "run": str(path.parent),
+                "dataset": r.get("data", {}).get("name"),
+                "model": _model_name(cfg),
+                "attack": cfg.get("attack", {}).get("name"),
+                "defense": _defense_label(cfg.get("defense", {})),
+                "poison_rate": cfg.get("attack", {}).get("poison_rate"),
+                "seed": cfg.get("seed"),
                 "time_s": r.get("timing", {}).get("total"),
             }
             row.update(r.get("metrics", {}))
@@ -62,8 +77,9 @@ def _order(values, first="none") -> list:
 AGGREGATES = ("mean", "median")
 
 
-def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack", keep=(),
-                agg: str = "mean") -> pd.DataFrame:
+def paper_table(
+    runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack", keep=(), agg: str = "mean"
+) -> pd.DataFrame:
     """The `agg` (mean or median) over the runs of each cell (seeds, or scenarios such as seed
     002's three trigger draws per pair, whose paper reports the median), in % (counts as counts),
     indexed by `rows`; columns (defense, metric name).
@@ -75,8 +91,9 @@ def paper_table(runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack"
     if agg not in AGGREGATES:
         raise ValueError(f"agg={agg!r} is unknown: use one of {', '.join(AGGREGATES)}")
     metrics = [m for m in metrics if m in runs.columns]
-    keys = [k for k in ("dataset", "model", "poison_rate")
-            if k != rows and (k in keep or runs[k].nunique(dropna=False) > 1)]
+    keys = [
+        k for k in ("dataset", "model", "poison_rate") if k != rows and (k in keep or runs[k].nunique(dropna=False) > 1)
+    ]
     runs = runs.fillna({k: "-" for k in keys})
     groups = runs.groupby([*keys, rows, "defense"], sort=False)[metrics]
     long = groups.median(numeric_only=True) if agg == "median" else groups.mean(numeric_only=True)
@@ -114,9 +131,16 @@ def with_reference(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame
     for defense, mname in table.columns:
         metric = next((k for k, v in METRIC_NAMES.items() if v == mname), mname)
         ours = table[(defense, mname)]
-        paper = pd.Series([ref[metric].get((a, defense, float(r)) if by_rate else (a, defense), float("nan"))
-                           if metric in ref else float("nan") for a, r in zip(attacks, rates)],
-                          index=table.index, dtype=float)
+        paper = pd.Series(
+            [
+                ref[metric].get((a, defense, float(r)) if by_rate else (a, defense), float("nan"))
+                if metric in ref
+                else float("nan")
+                for a, r in zip(attacks, rates)
+            ],
+            index=table.index,
+            dtype=float,
+        )
         for kind, values in (("ours", ours), ("paper", paper), ("delta", ours - paper)):
             cols.append((defense, mname, kind))
             data[(defense, mname, kind)] = values

@@ -39,9 +39,7 @@ def shape_activations(out: torch.Tensor, activations: str = "flatten") -> torch.
     (channel-major, as `torch.flatten`) or, with `activations="pool"`, averaged over space to
     [N, C]; any other output flattened."""
     if activations not in ACTIVATIONS:
-        raise ConfigError(
-            f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}"
-        )
+        raise ConfigError(f"defense.activations={activations!r} is unknown: use one of {', '.join(ACTIVATIONS)}")
     if out.ndim == 4 and activations == "pool":
         return out.mean((2, 3))
     return out.flatten(1)

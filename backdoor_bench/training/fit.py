@@ -20,8 +20,17 @@ from backdoor_bench.data.loader import DeviceLoader
 log = logging.getLogger(__name__)
 
 # trainer keys that change how fast a model trains, not which model comes out
-EXECUTION_KEYS = {"name", "max_stage_epochs", "max_stage_steps", "accelerator", "devices", "progress_bar", "log_every_n_steps", "eval_batch_size",
-                  "test_subset"}
+EXECUTION_KEYS = {
+    "name",
+    "max_stage_epochs",
+    "max_stage_steps",
+    "accelerator",
+    "devices",
+    "progress_bar",
+    "log_every_n_steps",
+    "eval_batch_size",
+    "test_subset",
+}
 
 
 def training_spec(tcfg) -> dict:
@@ -48,18 +57,27 @@ class _EpochLog(pl.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         m = " ".join(f"{k}={float(v):.4f}" for k, v in trainer.callback_metrics.items())
-        log.info("epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, m,
-                 time.perf_counter() - self.t0)
+        log.info(
+            "epoch %d/%d %s (%.1fs)", trainer.current_epoch + 1, trainer.max_epochs, m, time.perf_counter() - self.t0
+        )
 
 
 def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LightningModule.*has parameters that were not used.*")
     return pl.Trainer(
-        accelerator=tcfg.accelerator, devices=tcfg.devices, precision=tcfg.precision, max_epochs=max_epochs,
-        logger=logger if logger is not None else False, callbacks=[_EpochLog(), *callbacks],
-        enable_checkpointing=False, enable_progress_bar=bool(tcfg.progress_bar), enable_model_summary=False,
-        log_every_n_steps=tcfg.log_every_n_steps, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        precision=tcfg.precision,
+        max_epochs=max_epochs,
+        logger=logger if logger is not None else False,
+        callbacks=[_EpochLog(), *callbacks],
+        enable_checkpointing=False,
+        enable_progress_bar=bool(tcfg.progress_bar),
+        enable_model_summary=False,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
         deterministic=bool(tcfg.get("deterministic", False)),
     )
 
@@ -81,10 +99,22 @@ def _usable(checkpoint: Path) -> bool:
         return False
 
 
-def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, max_epochs: int,
-        augment=None, seed: int = 0, logger=None, checkpoint: Path | None = None,
-        extras: dict | None = None, batch_size: int | None = None, callbacks=(),
-        loader=None) -> pl.LightningModule:
+def fit(
+    module: pl.LightningModule,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tcfg,
+    *,
+    max_epochs: int,
+    augment=None,
+    seed: int = 0,
+    logger=None,
+    checkpoint: Path | None = None,
+    extras: dict | None = None,
+    batch_size: int | None = None,
+    callbacks=(),
+    loader=None,
+) -> pl.LightningModule:
     """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
 
     Data moves to the training device once; `augment` runs there on whole batches. With
@@ -98,8 +128,16 @@ def fit(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, tcfg, *, m
     if loader is not None:
         loader = loader(device_of(trainer))
     else:
-        loader = DeviceLoader(x, y, batch_size or tcfg.batch_size, shuffle=True, augment=augment,
-                              device=device_of(trainer), seed=seed, extras=extras)
+        loader = DeviceLoader(
+            x,
+            y,
+            batch_size or tcfg.batch_size,
+            shuffle=True,
+            augment=augment,
+            device=device_of(trainer),
+            seed=seed,
+            extras=extras,
+        )
     ckpt_path = None
     if checkpoint is not None and _usable(checkpoint):
         log.info("resuming training from %s", checkpoint)
@@ -145,22 +183,24 @@ def eval_device(tcfg) -> torch.device:
 
 
 @torch.inference_mode()
-def over_batches(model: torch.nn.Module, x: torch.Tensor, fn, batch_size: int = 512, device="cpu",
-                 empty: torch.Tensor | None = None) -> torch.Tensor:
+def over_batches(
+    model: torch.nn.Module, x: torch.Tensor, fn, batch_size: int = 512, device="cpu", empty: torch.Tensor | None = None
+) -> torch.Tensor:
     """`fn(i, xb)` on batches `xb` (uint8, on `device`) starting at `i`, the model in eval mode
     (its mode is restored afterwards); the outputs concatenated on the CPU."""
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
     try:
-        out = [fn(i, x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        out = [fn(i, x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else (empty if empty is not None else torch.zeros(0))
 
 
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu",
-            transform=None, bf16: bool = False) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu", transform=None, bf16: bool = False
+) -> torch.Tensor:
     """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first);
     `bf16` evaluates under bf16 autocast, as a model trained with bf16-mixed was trained."""
     device = torch.device(device)
@@ -174,8 +214,16 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, devi
     return over_batches(model, x, step, batch_size, device, empty=torch.zeros(0, dtype=torch.long))
 
 
-def per_sample_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 512,
-                    device="cpu", augment=None, seed: int = 0) -> torch.Tensor:
+def per_sample_loss(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    batch_size: int = 512,
+    device="cpu",
+    augment=None,
+    seed: int = 0,
+) -> torch.Tensor:
     """`loss_fn(logits, y, reduction="none")` for every sample, the model in eval mode; with
     `augment`, on one augmented view of each uint8 image (loss-ranking defenses, e.g. DBD)."""
     generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
@@ -183,7 +231,7 @@ def per_sample_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lo
     def step(i, xb):
         if augment is not None:
             xb = augment(xb, generator)
-        return loss_fn(model(xb.float().div_(255)), y[i:i + len(xb)].to(xb.device), reduction="none")
+        return loss_fn(model(xb.float().div_(255)), y[i : i + len(xb)].to(xb.device), reduction="none")
 
     return over_batches(model, x, step, batch_size, device)
 

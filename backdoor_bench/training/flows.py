@@ -17,8 +17,16 @@ def make_flow(dim: int, hidden: int = 512, transforms: int = 2) -> zuko.flows.Fl
     return zuko.flows.RealNVP(dim, transforms=transforms, hidden_features=[hidden])
 
 
-def fit_flow(flow: zuko.flows.Flow, z: torch.Tensor, epochs: int = 50, batch_size: int = 16, lr: float = 1e-3,
-             betas=(0.9, 0.99), seed: int = 0, device="cpu") -> list[float]:
+def fit_flow(
+    flow: zuko.flows.Flow,
+    z: torch.Tensor,
+    epochs: int = 50,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    betas=(0.9, 0.99),
+    seed: int = 0,
+    device="cpu",
+) -> list[float]:
     """Minimise the mean negative log-likelihood of `z` under `flow` on `device` (seed 004 Eq. 2,
     Sec. 5.1: Adam lr 1e-3, betas (0.9, 0.99), batch 16, 50 epochs). Returns the mean NLL per
     epoch; the flow is left on `device`."""
@@ -30,11 +38,11 @@ def fit_flow(flow: zuko.flows.Flow, z: torch.Tensor, epochs: int = 50, batch_siz
     for _ in range(epochs):
         order, total = torch.randperm(len(z), generator=g).to(device), 0.0
         for i in range(0, len(z), batch_size):
-            nll = -flow().log_prob(z[order[i:i + batch_size]]).mean()
+            nll = -flow().log_prob(z[order[i : i + batch_size]]).mean()
             opt.zero_grad()
             nll.backward()
             opt.step()
-            total += float(nll.detach()) * len(order[i:i + batch_size])
+            total += float(nll.detach()) * len(order[i : i + batch_size])
         history.append(total / max(1, len(z)))
     return history
 
@@ -46,6 +54,7 @@ def log_density_matrix(flows: list[zuko.flows.Flow], z: torch.Tensor, batch_size
     for flow in flows:
         flow.eval()
         device = next(flow.parameters()).device
-        cols.append(torch.cat([flow().log_prob(z[i:i + batch_size].to(device)).cpu()
-                               for i in range(0, len(z), batch_size)]))
+        cols.append(
+            torch.cat([flow().log_prob(z[i : i + batch_size].to(device)).cpu() for i in range(0, len(z), batch_size)])
+        )
     return torch.stack(cols, 1)

@@ -28,8 +28,9 @@ def _rce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -math.log(1e-4) * (1 - p.gather(1, y[:, None]).squeeze(1))
 
 
-def sce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 0.1,
-        beta: float = 1.0) -> torch.Tensor:
+def sce(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 0.1, beta: float = 1.0
+) -> torch.Tensor:
     """Symmetric cross-entropy, alpha * CE + beta * RCE (seed 003 Eq. 6; DBD's code clamps the
     softmax to [1e-7, 1] inside RCE). DBD: alpha 0.1, beta 1."""
     p = F.softmax(logits.float(), 1).clamp(1e-7, 1.0)
@@ -41,11 +42,12 @@ def gce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", q: float
     """Generalized cross-entropy (1 - p_y^q) / q (Zhang & Sabuncu 2018; their default q = 0.7);
     seed 003 Table 26."""
     p_y = F.softmax(logits.float(), 1).gather(1, y[:, None]).squeeze(1).clamp_min(1e-7)
-    return _reduce((1 - p_y ** q) / q, reduction)
+    return _reduce((1 - p_y**q) / q, reduction)
 
 
-def apl(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 1.0,
-        beta: float = 1.0) -> torch.Tensor:
+def apl(
+    logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 1.0, beta: float = 1.0
+) -> torch.Tensor:
     """Active-passive loss NCE + RCE (Ma et al. 2020; alpha = beta = 1 is their CIFAR-10 setting):
     NCE = -log p_y / sum_k -log p_k; seed 003 Table 26."""
     logp = F.log_softmax(logits.float(), 1)
@@ -111,8 +113,9 @@ def contrastive_positives(y: torch.Tensor, supervised: torch.Tensor, clean_pos_o
     return pos & ~torch.eye(2 * b, dtype=torch.bool, device=y.device)
 
 
-def sup_con(z: torch.Tensor, positives: torch.Tensor, temperature: float = 0.1,
-            base_temperature: float = 0.07) -> torch.Tensor:
+def sup_con(
+    z: torch.Tensor, positives: torch.Tensor, temperature: float = 0.1, base_temperature: float = 0.07
+) -> torch.Tensor:
     """SupCon over 2B L2-normalised rows `z` with a positive mask (Khosla et al. 2020, Eq. 2 as
     SupContrast codes it): for anchor i, -(tau / tau_base) * mean over its positives p of
     log[exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau)], averaged over all anchors. With
@@ -126,8 +129,9 @@ def sup_con(z: torch.Tensor, positives: torch.Tensor, temperature: float = 0.1,
     return -(temperature / base_temperature) * mean_pos.mean()
 
 
-def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor,
-                        lambda_p: float = 0.001) -> torch.Tensor:
+def mixed_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor, lambda_p: float = 0.001
+) -> torch.Tensor:
     """Seed 001's MCE (Eq. 3): CE averaged over the batch's clean-split samples minus lambda_p x CE
     averaged over its poisoned-split samples; a part without samples contributes 0 (specs B.5 item 4)."""
     ce = F.cross_entropy(logits.float(), y, reduction="none")

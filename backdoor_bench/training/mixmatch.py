@@ -33,8 +33,9 @@ def mixup(x: torch.Tensor, t: torch.Tensor, lam: float, perm: torch.Tensor) -> t
     return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
 
 
-def mixmatch_loss(logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: torch.Tensor,
-                  targets_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixmatch_loss(
+    logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: torch.Tensor, targets_u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L_x: soft-target cross-entropy on the mixed labeled part; L_u: squared error between
     softmax and guessed targets, averaged over samples and classes (seed 003 Eqs. 7-8)."""
     lx = -(targets_x * F.log_softmax(logits_x.float(), 1)).sum(1).mean()
@@ -55,8 +56,18 @@ class SemiLoader:
     `split()` -> bool [N] (True: labeled) is called at every epoch's start.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, split: Callable[[], torch.Tensor], batch_size: int,
-                 iterations: int, k: int, augment, device="cpu", seed: int = 0):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        split: Callable[[], torch.Tensor],
+        batch_size: int,
+        iterations: int,
+        k: int,
+        augment,
+        device="cpu",
+        seed: int = 0,
+    ):
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.split, self.batch_size, self.iterations, self.k, self.augment = split, batch_size, iterations, k, augment
@@ -70,7 +81,7 @@ class SemiLoader:
         while True:
             order = idx[torch.randperm(len(idx), device=self.device, generator=self.generator)]
             for j in range(max(1, len(order) // self.batch_size)):
-                yield order[j * self.batch_size:(j + 1) * self.batch_size]
+                yield order[j * self.batch_size : (j + 1) * self.batch_size]
 
     def _view(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.x[idx]
@@ -84,8 +95,12 @@ class SemiLoader:
         streams = self._stream(lab), self._stream(unl)
         for _ in range(self.iterations):
             li, ui = next(streams[0]), next(streams[1])
-            yield {"x": self._view(li), "y": self.y[li], "index": li,
-                   "u": torch.stack([self._view(ui) for _ in range(self.k)])}
+            yield {
+                "x": self._view(li),
+                "y": self.y[li],
+                "index": li,
+                "u": torch.stack([self._view(ui) for _ in range(self.k)]),
+            }
 
 
 class MixMatch(pl.LightningModule):
@@ -98,9 +113,19 @@ class MixMatch(pl.LightningModule):
     warm-up included).
     """
 
-    def __init__(self, model: torch.nn.Module, optim: dict, max_epochs: int, num_classes: int, T: float = 0.5,
-                 alpha: float = 0.75, lambda_u: float = 15.0, rampup_epochs: float = 190, epoch_offset: int = 0,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: dict,
+        max_epochs: int,
+        num_classes: int,
+        T: float = 0.5,
+        alpha: float = 0.75,
+        lambda_u: float = 15.0,
+        rampup_epochs: float = 190,
+        epoch_offset: int = 0,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.model, self.optim, self.max_epochs, self.num_classes = model, optim, max_epochs, num_classes
         self.T, self.alpha, self.lambda_u, self.rampup_epochs = T, alpha, lambda_u, rampup_epochs
@@ -125,14 +150,18 @@ class MixMatch(pl.LightningModule):
         perm = torch.randperm(len(inputs), device=inputs.device)
         mixed_x, mixed_t = mixup(inputs, targets, lam, perm)
         logits = self(mixed_x)
-        lx, lu = mixmatch_loss(logits[:len(x)], mixed_t[:len(x)], logits[len(x):], mixed_t[len(x):])
+        lx, lu = mixmatch_loss(logits[: len(x)], mixed_t[: len(x)], logits[len(x) :], mixed_t[len(x) :])
         t = self.epoch_offset + self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
         w = self.lambda_u * linear_rampup(t, self.rampup_epochs)
         loss = lx + w * lu
-        self.log_dict({"mixmatch/loss": loss, "mixmatch/lx": lx, "mixmatch/lu": lu, "mixmatch/lambda_u": w},
-                      prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
+        self.log_dict(
+            {"mixmatch/loss": loss, "mixmatch/lx": lx, "mixmatch/lu": lu, "mixmatch/lambda_u": w},
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(x),
+        )
         return loss
 
     def configure_optimizers(self):
         return configure_optimizers(self.model.parameters(), self.optim, self.max_epochs)
-

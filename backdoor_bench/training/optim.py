@@ -50,9 +50,7 @@ def configure_optimizers(params, optim: dict, max_epochs: int):
     elif schedule == "constant":
         return opt
     else:
-        raise ConfigError(
-            f"trainer.optimizer.schedule={schedule!r} is unknown: use cosine, step or constant"
-        )
+        raise ConfigError(f"trainer.optimizer.schedule={schedule!r} is unknown: use cosine, step or constant")
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 

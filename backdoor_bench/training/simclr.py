@@ -33,9 +33,19 @@ class SimCLR(pl.LightningModule):
     extras), e.g. seed 001's SS-CTL.
     """
 
-    def __init__(self, model: nn.Module, views: SimCLRViews, optim: dict, schedule_epochs: int,
-                 temperature: float = 0.5, symmetric: bool = False, projector_dim: int = 128,
-                 channels_last: bool = False, loss_fn=None, projector_bn: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        views: SimCLRViews,
+        optim: dict,
+        schedule_epochs: int,
+        temperature: float = 0.5,
+        symmetric: bool = False,
+        projector_dim: int = 128,
+        channels_last: bool = False,
+        loss_fn=None,
+        projector_bn: bool = True,
+    ):
         super().__init__()
         self.model, self.views, self.optim, self.schedule_epochs = model, views, optim, schedule_epochs
         self.temperature, self.symmetric, self.channels_last = temperature, symmetric, channels_last
@@ -55,7 +65,7 @@ class SimCLR(pl.LightningModule):
         if self.loss_fn is not None:
             loss = self.loss_fn(z, batch)
         else:
-            loss = nt_xent(z[:len(x)], z[len(x):], self.temperature, self.symmetric)
+            loss = nt_xent(z[: len(x)], z[len(x) :], self.temperature, self.symmetric)
         self.log("ssl/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 

@@ -17,12 +17,24 @@ class Supervised(pl.LightningModule):
     backbone's BatchNorm statistics still follow the data (DBD's warm-up, specs A.5 item 4).
     """
 
-    def __init__(self, model: torch.nn.Module, optim: dict, max_epochs: int, loss: str = "ce",
-                 channels_last: bool = False, log_prefix: str = "train", loss_args: dict | None = None,
-                 head_only: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: dict,
+        max_epochs: int,
+        loss: str = "ce",
+        channels_last: bool = False,
+        log_prefix: str = "train",
+        loss_args: dict | None = None,
+        head_only: bool = False,
+    ):
         super().__init__()
         self.model, self.optim, self.max_epochs = model, optim, max_epochs
-        self.loss_fn, self.channels_last, self.log_prefix = get_loss(loss, **(loss_args or {})), channels_last, log_prefix
+        self.loss_fn, self.channels_last, self.log_prefix = (
+            get_loss(loss, **(loss_args or {})),
+            channels_last,
+            log_prefix,
+        )
         self.head_only = head_only
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -40,8 +52,13 @@ class Supervised(pl.LightningModule):
         logits = self(batch["x"])
         loss = self.loss_fn(logits, batch["y"])
         acc = (logits.argmax(1) == batch["y"]).float().mean()
-        self.log_dict({f"{self.log_prefix}/loss": loss, f"{self.log_prefix}/acc": acc},
-                      prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["y"]))
+        self.log_dict(
+            {f"{self.log_prefix}/loss": loss, f"{self.log_prefix}/acc": acc},
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch["y"]),
+        )
         return loss
 
     def configure_optimizers(self):

@@ -18,9 +18,7 @@ def test_baseline_runs_end_to_end(run_cli, defense):
     assert r["metrics"]["tmr"] is not None and "train/retrain" in r["timing"]
     if defense == "itlm":
         assert d["n_removed"] == 10  # round(0.04 x 256) each round
-        assert {"train/itlm0", "train/itlm3"} <= set(r["timing"]) and "train/backdoored" not in r[
-            "timing"
-        ]
+        assert {"train/itlm0", "train/itlm3"} <= set(r["timing"]) and "train/backdoored" not in r["timing"]
     else:
         assert "train/backdoored" in r["timing"]
     if defense == "spectral":
@@ -40,11 +38,7 @@ def test_spectral_on_a_named_layer_of_resnet32(run_cli):
     extra = r["defense_extra"]
     assert extra["layer"] == "backbone.layer3.1" and r["detection"]["n_removed"] > 0
     # the whole 64-channel map, flattened (the default; activations=pool gives the 64 means)
-    assert (
-        extra["activations"] == "flatten"
-        and extra["feature_dim"] > 64
-        and extra["feature_dim"] % 64 == 0
-    )
+    assert extra["activations"] == "flatten" and extra["feature_dim"] > 64 and extra["feature_dim"] % 64 == 0
     assert extra["expected_poison_rate"] == 0.1 and abs(extra["removed_share"] - 0.15) < 1e-9
 
 

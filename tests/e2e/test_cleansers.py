@@ -32,8 +32,13 @@ def test_cleanser_runs_end_to_end(run_cli, defense):
 
 def test_ssl_knn_backbone_embedding_reuses_the_cached_backbone(run_cli, tmp_path):
     run_cli("defense=ssl_knn", "trainer=tiny", cache=tmp_path / "shared")
-    p = run_cli("defense=ssl_knn", "defense.embedding=backbone", "defense.class_gate=none", "trainer=tiny",
-                cache=tmp_path / "shared")
+    p = run_cli(
+        "defense=ssl_knn",
+        "defense.embedding=backbone",
+        "defense.class_gate=none",
+        "trainer=tiny",
+        cache=tmp_path / "shared",
+    )
     extra = results(p)["defense_extra"]
     assert extra["embedding"] == "backbone" and extra["embedding_dim"] == 128  # small_cnn: 4 x width 32
     assert extra["class_gate"] == "none" and extra["gate_opened"] == list(range(10))
@@ -68,12 +73,23 @@ def test_cleanser_experiment_runs_at_tiny_scale(run_cli, tmp_path, experiment):
     # table4's 30 points: two of its five rates at tiny scale keep the suite short; every other
     # experiment runs whole
     rates = ["attack.poison_rate=0.01,0.2"] if experiment == "flows/table4" else []
-    p = run_cli(f"experiment={experiment}", "trainer=tiny", "dataset=digits", "model=small_cnn", *rates,
-                multirun=True, timeout=1500)
+    p = run_cli(
+        f"experiment={experiment}",
+        "trainer=tiny",
+        "dataset=digits",
+        "model=small_cnn",
+        *rates,
+        multirun=True,
+        timeout=1500,
+    )
     n = _points(experiment) // 5 * 2 if rates else _points(experiment)
     assert len(list(p.out_dir.rglob("results.json"))) == n and not list(p.out_dir.rglob("error.json"))
     ref = [] if experiment.startswith("ssl_knn") else ["--reference", experiment]
-    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), *ref, "--metrics",
-                          "acc,asr,tpr,fpr,relabel_acc"], cwd=ROOT, capture_output=True, text=True)
+    rep = subprocess.run(
+        [sys.executable, "scripts/report.py", str(p.out_dir), *ref, "--metrics", "acc,asr,tpr,fpr,relabel_acc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert rep.returncode == 0, rep.stderr
     assert ("paper" in rep.stdout) == bool(ref)

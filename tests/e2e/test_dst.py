@@ -90,34 +90,65 @@ def test_reference_csvs_are_well_formed(table):
     ref = pd.read_csv(ROOT / "backdoor_bench" / "reference" / f"{table}.csv", comment="#")
     assert set(ref.attack) == ATTACKS and not ref.duplicated(["attack", "defense"]).any()
     assert ref.acc_nontarget.between(58, 95).all() and ref.asr.between(0, 100).all()
-    labels = {"dst/table1": {"baseline1", "baseline2", "dbd", "dst"}, "dst/table3": {"ctl", "s_ctl", "dst"},
-              "dbr/table2": {"none", "ft", "anp", "nad", "mcr", "abl", "dbr"}}[table]
+    labels = {
+        "dst/table1": {"baseline1", "baseline2", "dbd", "dst"},
+        "dst/table3": {"ctl", "s_ctl", "dst"},
+        "dbr/table2": {"none", "ft", "anp", "nad", "mcr", "abl", "dbr"},
+    }[table]
     assert set(ref.defense) == labels and len(ref) == 7 * len(labels)
     # the paper's Avg rows, recomputed from the transcription; Table 3's SS-CTL row is Table 1's D-ST
-    avg = {"dst/table1": {"baseline1": (84.65, 45.75), "baseline2": (93.43, 93.73), "dbd": (93.53, 96.40),
-                          "dst": (91.66, 1.21)},
-           "dbr/table2": {"none": (92.46, 97.29), "ft": (90.05, 77.41), "anp": (84.91, 14.30), "nad": (83.69, 16.93),
-                          "mcr": (92.92, 30.05), "abl": (80.21, 25.75), "dbr": (92.42, 0.31)},
-           "dst/table3": {"dst": (91.66, 1.21)}}[table]
+    avg = {
+        "dst/table1": {
+            "baseline1": (84.65, 45.75),
+            "baseline2": (93.43, 93.73),
+            "dbd": (93.53, 96.40),
+            "dst": (91.66, 1.21),
+        },
+        "dbr/table2": {
+            "none": (92.46, 97.29),
+            "ft": (90.05, 77.41),
+            "anp": (84.91, 14.30),
+            "nad": (83.69, 16.93),
+            "mcr": (92.92, 30.05),
+            "abl": (80.21, 25.75),
+            "dbr": (92.42, 0.31),
+        },
+        "dst/table3": {"dst": (91.66, 1.21)},
+    }[table]
     for name, (acc, asr) in avg.items():
         rows = ref[ref.defense == name]
         assert rows.acc_nontarget.mean() == pytest.approx(acc, abs=0.01), name
         assert rows.asr.mean() == pytest.approx(asr, abs=0.01), name
 
 
-@pytest.mark.parametrize("table,attacks,defenses", [
-    ("dst/table1", "dst/badnets", "dst/baseline1,dst/baseline2,dbd,dst"),
-    ("dbr/table2", "dst/badnets,blend_signal", "none,dbr"),
-    ("dst/table3", "blend_signal", "dst/ctl,dst/s_ctl,dst"),
-])
+@pytest.mark.parametrize(
+    "table,attacks,defenses",
+    [
+        ("dst/table1", "dst/badnets", "dst/baseline1,dst/baseline2,dbd,dst"),
+        ("dbr/table2", "dst/badnets,blend_signal", "none,dbr"),
+        ("dst/table3", "blend_signal", "dst/ctl,dst/s_ctl,dst"),
+    ],
+)
 def test_table_slice_runs_at_tiny_scale_and_reports(run_cli, table, attacks, defenses):
     """A slice of each table on digits (the 8x8 images fit seed 001's triggers except all2all's square at 28)."""
-    p = run_cli(f"experiment={table}", f"attack={attacks}", f"defense={defenses}", "trainer=tiny", "dataset=digits",
-                "model=small_cnn", multirun=True, timeout=1200)
+    p = run_cli(
+        f"experiment={table}",
+        f"attack={attacks}",
+        f"defense={defenses}",
+        "trainer=tiny",
+        "dataset=digits",
+        "model=small_cnn",
+        multirun=True,
+        timeout=1200,
+    )
     n = len(attacks.split(",")) * len(defenses.split(","))
     assert len(list(p.out_dir.rglob("results.json"))) == n and not list(p.out_dir.rglob("error.json"))
-    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), "--reference", table,
-                          "--metrics", "acc_nontarget,asr"], cwd=ROOT, capture_output=True, text=True)
+    rep = subprocess.run(
+        [sys.executable, "scripts/report.py", str(p.out_dir), "--reference", table, "--metrics", "acc_nontarget,asr"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert rep.returncode == 0, rep.stderr
     assert "paper" in rep.stdout
     assert {"dst/table1": "92.77", "dbr/table2": "92.83", "dst/table3": "93.59"}[table] in rep.stdout

@@ -4,8 +4,14 @@ import json
 
 
 def test_ispl_runs_end_to_end_on_a_dirty_label_scenario(run_cli):
-    args = ("attack=dirty_label", "defense=ispl", "defense.runs=2", "defense.components=2",
-            "defense.self_train.rounds=2", "trainer=tiny")
+    args = (
+        "attack=dirty_label",
+        "defense=ispl",
+        "defense.runs=2",
+        "defense.components=2",
+        "defense.self_train.rounds=2",
+        "trainer=tiny",
+    )
     p = run_cli(*args)
     r = json.loads((p.out_dir / "results.json").read_text())
     d, extra = r["detection"], r["defense_extra"]

@@ -76,10 +76,18 @@ def test_table1_presets_stamp_one_pixel_at_row_x_col_y(compose, pair):
 
 
 # the authors' triggers (their generator replayed): pair -> scenario seed -> (shape, [row, col], colour)
-AUTHORS = {"3to5": {100: ("ell", [2, 14], [34, 241, 240]), 1000: ("pixel", [28, 13], [239, 42, 58]),
-                    10000: ("pattern", [7, 23], [39, 221, 162])},
-           "9to2": {100: ("pixel", [4, 27], [187, 67, 135]), 1000: ("ell", [14, 29], [69, 204, 11]),
-                    10000: ("pattern", [1, 29], [239, 186, 219])}}
+AUTHORS = {
+    "3to5": {
+        100: ("ell", [2, 14], [34, 241, 240]),
+        1000: ("pixel", [28, 13], [239, 42, 58]),
+        10000: ("pattern", [7, 23], [39, 221, 162]),
+    },
+    "9to2": {
+        100: ("pixel", [4, 27], [187, 67, 135]),
+        1000: ("ell", [14, 29], [69, 204, 11]),
+        10000: ("pattern", [1, 29], [239, 186, 219]),
+    },
+}
 OFFSETS = {"pixel": [(0, 0)], "pattern": [(0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)], "ell": [(0, 0), (1, 0), (0, 1)]}
 
 
@@ -92,12 +100,15 @@ def test_pair_presets_pin_the_authors_triggers_per_scenario_seed(compose):
         assert sorted(a.triggers) == [100, 1000, 10000]
     for pair, scenarios in AUTHORS.items():
         for seed, (shape, (r, c), color) in scenarios.items():
-            attack = instantiate(compose(f"attack=ispl/dirty_label_{pair}", f"attack.scenario_seed={seed}").attack,
-                                 num_classes=10)
+            attack = instantiate(
+                compose(f"attack=ispl/dirty_label_{pair}", f"attack.scenario_seed={seed}").attack, num_classes=10
+            )
             attack.check(10, (3, 32, 32))
             assert attack.trigger(32) == (shape, color, (r, c))
             out = attack.apply(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-            assert sorted((out[0].sum(0) > 0).nonzero().tolist()) == sorted([r + dr, c + dc] for dr, dc in OFFSETS[shape])
+            assert sorted((out[0].sum(0) > 0).nonzero().tolist()) == sorted(
+                [r + dr, c + dc] for dr, dc in OFFSETS[shape]
+            )
             assert out[0, :, r, c].tolist() == color
     # attack.triggers=null: our generator's draw, not the authors' trigger
     ours = instantiate(compose("attack=ispl/dirty_label_3to5", "attack.triggers=null").attack, num_classes=10)
@@ -115,7 +126,9 @@ def test_reference_csvs_are_well_formed(name):
     if name == "ablation":
         assert set(ref.alpha) == {0.25, 1.0}
         # the label experiment=ispl/ablation gives each grid point (alpha = expansion, beta = 1 / components)
-        assert (ref.defense == [f"ispl[alpha={a},components={round(1 / b)}]" for a, b in zip(ref.alpha, ref.beta)]).all()
+        assert (
+            ref.defense == [f"ispl[alpha={a},components={round(1 / b)}]" for a, b in zip(ref.alpha, ref.beta)]
+        ).all()
         assert set(ref.beta) == {0.0625, 0.125, 0.25, 1.0}
         assert not ref.duplicated(["attack", "poison_rate", "alpha", "beta"]).any() and len(ref) == 4 * 3 * 8
         assert ref.acc.between(85, 96).all() and ref.tmr.between(0, 100).all()
@@ -135,12 +148,24 @@ def test_reference_csvs_are_well_formed(name):
 def test_table1_slice_runs_at_tiny_scale_and_reports(run_cli):
     """8->6's pixel at [4, 1] fits 8x8 digits (the other Table 1 positions do not). Two rates:
     with one, the report does not index by rate and the rate-keyed reference breaks it."""
-    p = run_cli("experiment=ispl/table1", "attack=ispl/dirty_label_8to6_pixel", "attack.poison_rate=0.1,0.2",
-                "defense=none,spectral", "trainer=tiny", "dataset=digits", "model=small_cnn",
-                multirun=True, timeout=900)
+    p = run_cli(
+        "experiment=ispl/table1",
+        "attack=ispl/dirty_label_8to6_pixel",
+        "attack.poison_rate=0.1,0.2",
+        "defense=none,spectral",
+        "trainer=tiny",
+        "dataset=digits",
+        "model=small_cnn",
+        multirun=True,
+        timeout=900,
+    )
     assert len(list(p.out_dir.rglob("results.json"))) == 4 and not list(p.out_dir.rglob("error.json"))
-    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), "--reference", "ispl/table1",
-                          "--metrics", "acc,tmr"], cwd=ROOT, capture_output=True, text=True)
+    rep = subprocess.run(
+        [sys.executable, "scripts/report.py", str(p.out_dir), "--reference", "ispl/table1", "--metrics", "acc,tmr"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert rep.returncode == 0, rep.stderr
     assert "paper" in rep.stdout and "dirty_label_8to6_pixel" in rep.stdout
     assert "96.40" in rep.stdout  # the paper's no-defense TMR for 8/6 at 10%

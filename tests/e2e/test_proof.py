@@ -44,9 +44,21 @@ def runs(tmp_path_factory):
         sweep = Path(given)
     else:
         sweep = tmp_path_factory.mktemp("proof") / "multirun"
-        subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "experiment=proof/digits", "logger=none",
-                        f"hydra.sweep.dir={sweep}", f"paths.cache_dir={sweep.parent / 'cache'}"],
-                       cwd=ROOT, check=True, timeout=4 * 3600, env={**os.environ, "WANDB_SILENT": "true"})
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "-m",
+                "experiment=proof/digits",
+                "logger=none",
+                f"hydra.sweep.dir={sweep}",
+                f"paths.cache_dir={sweep.parent / 'cache'}",
+            ],
+            cwd=ROOT,
+            check=True,
+            timeout=4 * 3600,
+            env={**os.environ, "WANDB_SILENT": "true"},
+        )
     df, errors = load_runs([sweep])
     assert errors.empty, errors.to_dict("records")
     return df.set_index(["attack", "defense"])

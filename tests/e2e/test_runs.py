@@ -17,7 +17,9 @@ def results(p):
 # config tests compose them all); seed 001's all2all square sits at rows/cols 28-30, off 8x8 digits
 # (tests/e2e/test_dst.py stamps it on 32x32 images)
 E2E_ATTACKS = [a for a in group_members("attack") if not a.startswith("ispl/") and a != "dst/badnets_all2all"] + [
-    "ispl/dirty_label_0to2", "ispl/dirty_label_8to6_pixel"]
+    "ispl/dirty_label_0to2",
+    "ispl/dirty_label_8to6_pixel",
+]
 
 
 @pytest.mark.parametrize("attack", E2E_ATTACKS)
@@ -67,8 +69,12 @@ def test_multirun_to_table(run_cli, tmp_path):
     p = run_cli("trainer=tiny", "attack=badnets,blended", multirun=True)
     runs = sorted(p.out_dir.rglob("results.json"))
     assert len(runs) == 2
-    rep = subprocess.run([sys.executable, "scripts/report.py", str(p.out_dir), "--out", str(tmp_path / "rep")],
-                         cwd=ROOT, capture_output=True, text=True)
+    rep = subprocess.run(
+        [sys.executable, "scripts/report.py", str(p.out_dir), "--out", str(tmp_path / "rep")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert rep.returncode == 0, rep.stderr
     assert "badnets" in rep.stdout and "blended" in rep.stdout and "none ASR" in rep.stdout
     assert (tmp_path / "rep" / "table.csv").exists()

@@ -34,7 +34,16 @@ def test_badnets_backdoor_on_real_images(run_cli, cifar_root):
 
     Shorter recipes do not make a sound check: on 10k-20k image subsets with 6-8 epochs the
     corner patch is not learned yet (ASR about 10%), and lr 0.05 on a 10k subset diverged."""
-    p = run_cli("dataset=cifar10_jpeg75", f"dataset.root={cifar_root}", "model=preact_resnet18", "model.width=16",
-                "trainer=cpu", "trainer.max_epochs=15", "trainer.optimizer.lr=0.05", "trainer.progress_bar=false", timeout=3600)
+    p = run_cli(
+        "dataset=cifar10_jpeg75",
+        f"dataset.root={cifar_root}",
+        "model=preact_resnet18",
+        "model.width=16",
+        "trainer=cpu",
+        "trainer.max_epochs=15",
+        "trainer.optimizer.lr=0.05",
+        "trainer.progress_bar=false",
+        timeout=3600,
+    )
     m = json.loads((p.out_dir / "results.json").read_text())["metrics"]
     assert m["asr"] >= 0.9 and m["acc"] >= 0.75, m

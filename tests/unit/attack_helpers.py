@@ -18,8 +18,13 @@ def tools(clean: ImageSet, cached=None) -> AttackTools:
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
-    model = build_model(OmegaConf.create({"_target_": "backdoor_bench.models.small_cnn.SmallCNN", "width": 4}), clean.num_classes, clean.shape[0],
-                        clean.mean, clean.std)
+    model = build_model(
+        OmegaConf.create({"_target_": "backdoor_bench.models.small_cnn.SmallCNN", "width": 4}),
+        clean.num_classes,
+        clean.shape[0],
+        clean.mean,
+        clean.std,
+    )
     store, builds = {}, []
 
     def _cached(kind, spec, build):
@@ -29,7 +34,14 @@ def tools(clean: ImageSet, cached=None) -> AttackTools:
             store[key] = build()
         return store[key]
 
-    t = AttackTools(clean=clean, clean_model=lambda e=None: model, fit=None, cached=cached or _cached,
-                    device=torch.device("cpu"), seed=0, spec={"surrogate": "test"})
+    t = AttackTools(
+        clean=clean,
+        clean_model=lambda e=None: model,
+        fit=None,
+        cached=cached or _cached,
+        device=torch.device("cpu"),
+        seed=0,
+        spec={"surrogate": "test"},
+    )
     t.builds = builds
     return t

@@ -110,9 +110,10 @@ def test_adap_blend_payload_and_cover():
 
 # -- adap_patch -----------------------------------------------------------------------------------
 def patches():
-    return dict(train_patches=[{"size": 1, "location": [0, 0], "alpha": 1.0},
-                               {"size": 1, "location": [0, 1], "alpha": 0.5}],
-                test_patches=[{"size": 1, "location": [1, 1]}, {"size": 1, "location": [1, 0], "value": 7}])
+    return dict(
+        train_patches=[{"size": 1, "location": [0, 0], "alpha": 1.0}, {"size": 1, "location": [0, 1], "alpha": 0.5}],
+        test_patches=[{"size": 1, "location": [1, 1]}, {"size": 1, "location": [1, 0], "value": 7}],
+    )
 
 
 def test_adap_patch_blocks_get_one_patch_each_and_test_stamps_all():
@@ -130,11 +131,14 @@ def test_adap_patch_blocks_get_one_patch_each_and_test_stamps_all():
 
 
 # -- dirty_label ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape,pixels", [
-    ("pixel", [(3, 3)]),
-    ("pattern", [(3, 3), (2, 2), (2, 4), (4, 2), (4, 4)]),
-    ("ell", [(3, 3), (4, 3), (3, 4)]),
-])
+@pytest.mark.parametrize(
+    "shape,pixels",
+    [
+        ("pixel", [(3, 3)]),
+        ("pattern", [(3, 3), (2, 2), (2, 4), (4, 2), (4, 4)]),
+        ("ell", [(3, 3), (4, 3), (3, 4)]),
+    ],
+)
 def test_dirty_label_shapes_exact(shape, pixels):
     a = DirtyLabel(name="dl", source=1, target=2, shape=shape, color=[10, 20, 30], position=[3, 3])
     out = a.apply(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
@@ -156,8 +160,10 @@ def test_dirty_label_drawn_trigger_is_seeded_and_in_bounds():
 
 
 def test_dirty_label_pinned_triggers_per_scenario_seed():
-    triggers = {100: {"shape": "ell", "position": [2, 5], "color": [1, 2, 3]},
-                1000: {"shape": "pixel", "position": [6, 0], "color": [9, 8, 7]}}
+    triggers = {
+        100: {"shape": "ell", "position": [2, 5], "color": [1, 2, 3]},
+        1000: {"shape": "pixel", "position": [6, 0], "color": [9, 8, 7]},
+    }
     a = DirtyLabel(name="dl", source=1, target=2, scenario_seed=100, triggers=triggers)
     assert a.trigger(8) == ("ell", [1, 2, 3], (2, 5))
     out = a.apply(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
@@ -206,8 +212,7 @@ def test_tmr_exact():
 # -- lc -------------------------------------------------------------------------------------------
 def test_lc_corner_trigger_exact_and_pgd_bounded():
     d = data(40, c=4, size=8)
-    a = LabelConsistent(name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2,
-                        num_classes=4)
+    a = LabelConsistent(name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2, num_classes=4)
     x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
     out = a.apply(x)[0, 0]
     assert out.tolist() == [[255, 0, 255, 0], [0, 255, 0, 255], [255, 0, 255, 0], [0, 255, 0, 255]]
@@ -262,8 +267,7 @@ def test_patch_blend_alpha_and_explicit_pixels():
     x = torch.full((1, 1, 3, 3), 100, dtype=torch.uint8)
     assert p.stamp(x)[0, 0].tolist() == [[178, 178, 100], [178, 178, 100], [100, 100, 100]]  # 177.5 -> 178
     pix = torch.tensor([[[1, 2], [3, 4]]], dtype=torch.uint8)
-    assert Patch(size=2, location=[1, 1]).stamp(x, pix)[0, 0].tolist() == [[100, 100, 100], [100, 1, 2],
-                                                                            [100, 3, 4]]
+    assert Patch(size=2, location=[1, 1]).stamp(x, pix)[0, 0].tolist() == [[100, 100, 100], [100, 1, 2], [100, 3, 4]]
     assert math.isclose(float(Patch(size=2).mask(4, 4).sum()), 4)
 
 

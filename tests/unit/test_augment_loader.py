@@ -10,7 +10,7 @@ def test_random_crop_is_a_window_of_the_padded_image():
     out = random_crop(x, 2, torch.Generator().manual_seed(0))
     padded = F.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        windows = [padded[i, :, r:r + 5, c:c + 5] for r in range(5) for c in range(5)]
+        windows = [padded[i, :, r : r + 5, c : c + 5] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert torch.equal(random_crop(x, 0), x)
 

@@ -56,18 +56,14 @@ def test_ac_removes_exactly_the_planted_cluster(reduce):
     removed, scores, report = activation_clustering(h, y, reduce=reduce)
     assert torch.equal(removed.nonzero().flatten(), poison)  # class 1 splits about evenly: kept
     assert report[0][0] == 0.1 and report[1][0] > 0.35
-    assert torch.allclose(scores[poison], torch.tensor(0.9)) and scores[
-        y == 0
-    ].min() == pytest.approx(0.1)
+    assert torch.allclose(scores[poison], torch.tensor(0.9)) and scores[y == 0].min() == pytest.approx(0.1)
 
 
 def test_ac_silhouette_criterion_and_the_always_smaller_setting():
     h, y, poison = planted()
     removed, _, report = activation_clustering(h, y, criterion="silhouette", size_threshold=0.5)
     assert torch.equal(removed.nonzero().flatten(), poison)
-    assert (
-        report[0][1] > 0.1 > report[1][1]
-    )  # class 1's smaller cluster is small enough, but not apart
+    assert report[0][1] > 0.1 > report[1][1]  # class 1's smaller cluster is small enough, but not apart
     removed, _, _ = activation_clustering(h, y, criterion="silhouette", silhouette_threshold=0.99)
     assert not removed.any()  # a clear split, but not clear enough for this threshold
     removed, _, report = activation_clustering(h, y, size_threshold=0.5)  # ART's "smaller"
@@ -76,9 +72,7 @@ def test_ac_silhouette_criterion_and_the_always_smaller_setting():
 
 def test_ac_leaves_tiny_and_constant_classes_alone():
     h = torch.cat([torch.ones(5, 4), torch.randn(2, 4)])
-    removed, _, report = activation_clustering(
-        h, torch.tensor([0] * 5 + [1] * 2), size_threshold=0.5
-    )
+    removed, _, report = activation_clustering(h, torch.tensor([0] * 5 + [1] * 2), size_threshold=0.5)
     assert not removed.any() and 1 not in report and report[0] == (0.0, None)
 
 
@@ -87,17 +81,11 @@ def test_itlm_trimmed_rounds_keep_exact_counts():
 
     def round_loss(kept, r):
         seen.append(int(kept.sum()))
-        return (
-            torch.arange(100.0).flip(0) if r == 1 else torch.arange(100.0)
-        )  # round 1: reversed order
+        return torch.arange(100.0).flip(0) if r == 1 else torch.arange(100.0)  # round 1: reversed order
 
     history, loss = trimmed_rounds(100, 3, 96, round_loss)
     assert seen == [100, 96, 96] and [int(k.sum()) for k in history] == [96, 96, 96]
-    assert (
-        not history[0][96:].any()
-        and not history[1][:4].any()
-        and torch.equal(history[2], history[0])
-    )
+    assert not history[0][96:].any() and not history[1][:4].any() and torch.equal(history[2], history[0])
     assert torch.equal(loss, torch.arange(100.0))
 
 
@@ -131,22 +119,19 @@ def test_itlm_run_trains_fresh_models_on_the_kept_set():
 
 def test_resnet32_shape_and_parameter_count():
     model = ResNet32(num_classes=10)
-    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10) and model.features(
-        torch.rand(2, 3, 32, 32)
-    ).shape == (2, 64)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10) and model.features(torch.rand(2, 3, 32, 32)).shape == (
+        2,
+        64,
+    )
     # 464,154 with option-A shortcuts (He et al.'s 0.46M) + 2 x (1x1 conv + batch norm): 16*32+64 + 32*64+128
     assert sum(p.numel() for p in model.parameters()) == 464_154 + 2_752
-    assert len(model.layer3) == 5 and ResNet32(3, in_channels=1)(
-        torch.rand(1, 1, 16, 16)
-    ).shape == (1, 3)
+    assert len(model.layer3) == 5 and ResNet32(3, in_channels=1)(torch.rand(1, 1, 16, 16)).shape == (1, 3)
 
 
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(4, 2)
 
     def features(self, x):
@@ -203,12 +188,8 @@ def test_layer_features_hooks_a_named_layer():
             layer_features(model, x, "backbone.body.0", activations="pool"),
             model.backbone.body[0](xf).mean((2, 3)),
         )
-        assert torch.allclose(
-            layer_features(model, x, "backbone.head"), model(x.float() / 255)
-        )  # 2-D kept
-        assert torch.allclose(
-            layer_features(model, x), model.features(x.float() / 255)
-        )  # None: penultimate
+        assert torch.allclose(layer_features(model, x, "backbone.head"), model(x.float() / 255))  # 2-D kept
+        assert torch.allclose(layer_features(model, x), model.features(x.float() / 255))  # None: penultimate
     assert not model.backbone.body[1]._forward_hooks  # the hook is removed again
     for bad in ("backbone.body.9", ""):
         with pytest.raises(ConfigError, match="defense.layer.*backbone.body.1"):

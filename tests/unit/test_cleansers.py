@@ -50,9 +50,7 @@ def test_knn_flags_a_planted_label_flip():
 
 def test_flow_log_density_is_the_gaussian_when_the_couplings_are_identity():
     flow = make_flow(4, hidden=8, transforms=2)
-    for (
-        coupling
-    ) in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
+    for coupling in flow.transform.transforms:  # zero shift and log-scale: every coupling is the identity
         for p in coupling.hyper[-1].parameters():
             torch.nn.init.zeros_(p)
     z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -2.0, 0.5, 3.0]])
@@ -90,9 +88,7 @@ def test_foreign_nll_is_eq3_per_dimension_exact():
     assert foreign_nll(L, y, 2, mean_log_std(z)).tolist() == pytest.approx(
         [2.0 + 0.5 * math.log(8 / 3), 2.5 + 0.5 * math.log(8 / 3)]
     )
-    assert mean_log_std(10 * z) == pytest.approx(
-        mean_log_std(z) + math.log(10)
-    )  # scale: shifts log(10)/dim
+    assert mean_log_std(10 * z) == pytest.approx(mean_log_std(z) + math.log(10))  # scale: shifts log(10)/dim
 
 
 def test_nd_readings_are_all_logged_and_own_samples_do_not_enter_eq3():
@@ -151,9 +147,7 @@ def test_flows_relabel_a_non_disruptive_poison_to_its_source():
     assert extra["s_nd"][0] < 3.0 < min(extra["s_nd"][1:])
     is_poison = torch.arange(len(y)) >= 900
     relabeled = verdict.kept & (verdict.labels != y)
-    assert (
-        relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95
-    )  # almost only poisoned ones
+    assert relabeled.sum() >= 80 and is_poison[relabeled].float().mean() >= 0.95  # almost only poisoned ones
     true = torch.cat([torch.arange(3).repeat_interleave(300), torch.tensor([1] * 150 + [2] * 150)])
     assert (verdict.labels[relabeled] == true[relabeled]).float().mean() > 0.9
     assert not verdict.kept[~is_poison & (y != 0)].logical_not().any()  # other classes untouched
@@ -192,9 +186,7 @@ def test_knn_votes_only_from_voters():
 
 def test_net_outflow_exact():
     y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
-    majority = torch.tensor(
-        [1, 2, 0, 0, 1, 0, 2, 2]
-    )  # two class-0 samples sit elsewhere, one class-1 among 0s
+    majority = torch.tensor([1, 2, 0, 0, 1, 0, 2, 2])  # two class-0 samples sit elsewhere, one class-1 among 0s
     flagged = torch.tensor([True, True, False, False, False, True, False, False])
     a = net_outflow(y, majority, flagged, 3)
     # class 0: (2 out - 1 in) / 4; class 1: (1 out - 1 in) / 2; class 2: (0 - 1) / 2
@@ -202,9 +194,7 @@ def test_net_outflow_exact():
     assert outlier_classes(
         torch.tensor([0.0, 0.01, -0.01, 0.02, 0.5, -0.02, 0.0, 0.01, 0.0, -0.01])
     ).nonzero().flatten().tolist() == [4]
-    assert not outlier_classes(
-        torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])
-    ).any()
+    assert not outlier_classes(torch.tensor([0.05, -0.04, 0.06, 0.03, -0.02, 0.0, 0.04, -0.05, 0.02, 0.01])).any()
 
 
 def _knn_world(poison: int, seed: int = 0):
@@ -232,12 +222,8 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
         assert out.extra["embedding"] == "projector" and out.extra["embedding_dim"] == 10
         changed = ~out.verdict.kept | (out.verdict.labels != given)
         if poison:
-            hit = changed[
-                60:80
-            ]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
-            assert (
-                hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()
-            )  # back to the source
+            hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
+            assert hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()  # back to the source
             assert changed.sum() <= 20 + 6
         else:
             assert not changed.any()  # a clean set is left alone, confused classes included
@@ -253,9 +239,7 @@ def test_cross_fit_removes_the_memorisation_of_small_classes():
     z, y = torch.randn(48, 8, generator=g), torch.arange(2).repeat_interleave(24)
     flow = {"hidden": 64, "epochs": 150, "batch_size": 16, "lr": 3e-3}
     own = label_consistency(FlowRelabel(flow=flow).log_densities(z, y, 2, 0, 150), y).mean()
-    held_out = label_consistency(
-        FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y
-    ).mean()
+    held_out = label_consistency(FlowRelabel(flow=flow, cross_fit=True).log_densities(z, y, 2, 0, 150), y).mean()
     assert own > 0.8 and held_out < 0.7
 
 

@@ -24,9 +24,13 @@ def knn_ctx(h: torch.Tensor, y: torch.Tensor, projector: torch.nn.Module | None 
     x = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
     x[:, 0, 0, 0], x[:, 0, 0, 1] = torch.arange(n) % 256, torch.arange(n) // 256
     train = ImageSet(x=x, y=y, classes=[str(c) for c in range(int(y.max()) + 1)])
-    return DefenseContext(train=train, train_model=lambda data, name, **kw: torch.nn.Identity(),
-                          backdoored_model=lambda: torch.nn.Identity(), fit=None,
-                          ssl_backbone=lambda ssl_cfg=None: _with_projector(_Lookup(h), projector))
+    return DefenseContext(
+        train=train,
+        train_model=lambda data, name, **kw: torch.nn.Identity(),
+        backdoored_model=lambda: torch.nn.Identity(),
+        fit=None,
+        ssl_backbone=lambda ssl_cfg=None: _with_projector(_Lookup(h), projector),
+    )
 
 
 def _with_projector(model: torch.nn.Module, projector: torch.nn.Module | None) -> torch.nn.Module:

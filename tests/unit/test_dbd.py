@@ -41,8 +41,13 @@ def test_head_only_training_leaves_the_backbone_weights_but_not_its_bn_statistic
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     stats = [m.running_mean.clone() for m in bn]
     opt = {"name": "adam", "lr": 0.01, "schedule": "constant"}
-    fit(Supervised(model, opt, 1, loss="sce", loss_args={"alpha": 0.1, "beta": 1.0}, head_only=True), x, y, tcfg(),
-        max_epochs=1)
+    fit(
+        Supervised(model, opt, 1, loss="sce", loss_args={"alpha": 0.1, "beta": 1.0}, head_only=True),
+        x,
+        y,
+        tcfg(),
+        max_epochs=1,
+    )
     after = [p for n, p in model.backbone.named_parameters() if not n.startswith("head")]
     assert all(torch.equal(a, b) for a, b in zip(conv, after))
     assert not torch.equal(head, model.head.weight)
@@ -76,8 +81,15 @@ def test_simclr_step_trains_the_backbone_not_the_head():
     assert torch.isfinite(torch.stack([p.sum() for p in model.parameters()])).all()
 
 
-@pytest.mark.parametrize("kw, key", [({"variant": "nope"}, "defense.variant"), ({"loss": "mse"}, "defense.loss"),
-                                     ({"epsilon": 1.0}, "defense.epsilon"), ({"warmup_epochs": 0}, "warmup_epochs")])
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"variant": "nope"}, "defense.variant"),
+        ({"loss": "mse"}, "defense.loss"),
+        ({"epsilon": 1.0}, "defense.epsilon"),
+        ({"warmup_epochs": 0}, "warmup_epochs"),
+    ],
+)
 def test_dbd_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         DBD(**kw)

@@ -65,17 +65,18 @@ def test_rotate_then_shift_is_torchvisions_rotate_then_affine():
     x = torch.rand(2, 3, 32, 32)
     out = rotate_then_shift(x, torch.tensor([37.0, -120.0]), torch.tensor([[3.0, -5.0], [-6.0, 2.0]]))
     for i, (deg, (tx, ty)) in enumerate([(37.0, (3, -5)), (-120.0, (-6, 2))]):
-        ref = TF.rotate(x[i:i + 1], deg, interpolation=InterpolationMode.NEAREST)
-        ref = TF.affine(ref, angle=0.0, translate=[tx, ty], scale=1.0, shear=[0.0],
-                        interpolation=InterpolationMode.NEAREST)
-        assert torch.equal(out[i:i + 1], ref)
+        ref = TF.rotate(x[i : i + 1], deg, interpolation=InterpolationMode.NEAREST)
+        ref = TF.affine(
+            ref, angle=0.0, translate=[tx, ty], scale=1.0, shear=[0.0], interpolation=InterpolationMode.NEAREST
+        )
+        assert torch.equal(out[i : i + 1], ref)
 
 
 def test_fct_on_a_hand_made_feature_map(monkeypatch):
     """Delta = ||phi(x) - phi(tau x)||^2 / d with phi = pixels and tau = the half turn."""
     x = torch.zeros(2, 1, 2, 2, dtype=torch.uint8)
     x[0, 0, 0, 0] = 255  # one bright corner: moves to the opposite corner
-    x[1] = 255           # uniform: the half turn changes nothing
+    x[1] = 255  # uniform: the half turn changes nothing
     with monkeypatch.context() as m:
         m.setattr(torch, "rand", lambda *s, generator=None: torch.ones(*s))
         delta = fct(Pixels(), x, degrees=180.0, translate=0.0)
@@ -91,8 +92,8 @@ def test_fct_on_a_hand_made_feature_map(monkeypatch):
 def test_rank_split_sizes_and_order():
     scores = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
     g = rank_split(scores, clean_ratio=0.2, poison_ratio=0.1)
-    assert (g == CLEAN).nonzero().flatten().tolist() == [1, 9]       # the two lowest
-    assert (g == POISONED).nonzero().flatten().tolist() == [2]       # the highest
+    assert (g == CLEAN).nonzero().flatten().tolist() == [1, 9]  # the two lowest
+    assert (g == POISONED).nonzero().flatten().tolist() == [2]  # the highest
     assert int((g == UNCERTAIN).sum()) == 7
     tied = rank_split(torch.zeros(1000), 0.2, 0.0, seed=1)  # all equal: a random fifth, not the first
     assert int((tied == CLEAN).sum()) == 200 and (tied[:200] == CLEAN).sum() < 100
@@ -116,8 +117,11 @@ def direct_ss_ctl(z, y, supervised, t=0.1, tb=0.07, clean_pos_only=False):
     for i in range(2 * b):
         s = i % b
         if supervised[s]:
-            pos = [j for j in range(2 * b) if j != i and y[j % b] == y[s]
-                   and (not clean_pos_only or supervised[j % b] or j % b == s)]
+            pos = [
+                j
+                for j in range(2 * b)
+                if j != i and y[j % b] == y[s] and (not clean_pos_only or supervised[j % b] or j % b == s)
+            ]
         else:
             pos = [(i + b) % (2 * b)]
         denom = sum(math.exp(float(z[i] @ z[a]) / t) for a in range(2 * b) if a != i)
@@ -143,8 +147,14 @@ def test_positive_masks_of_ctl_s_ctl_and_ss_ctl():
     assert s_ctl[0].tolist() == [False, True, False, True, True, False]
     ss = contrastive_positives(y, torch.tensor([True, False, False]))
     assert ss[0].tolist() == [False, True, False, True, True, False]  # the code's mask: row 1 is uncertain
-    assert contrastive_positives(y, torch.tensor([True, False, False]), True)[0].tolist() == \
-        [False, False, False, True, False, False]
+    assert contrastive_positives(y, torch.tensor([True, False, False]), True)[0].tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert ss[1].tolist() == [False, False, False, False, True, False]
 
 
@@ -248,5 +258,10 @@ def test_split_counts_per_class_make_up():
     groups = torch.tensor([CLEAN, CLEAN, POISONED, UNCERTAIN, POISONED, CLEAN], dtype=torch.int8)
     y = torch.tensor([0, 2, 0, 1, 0, 2])
     assert split_counts(groups) == {"n_clean": 3, "n_uncertain": 1, "n_poisoned": 2}
-    assert split_counts(groups, y, 3) == {"n_clean": 3, "n_uncertain": 1, "n_poisoned": 2,
-                                          "clean_per_class": [1, 0, 2], "poisoned_per_class": [2, 0, 0]}
+    assert split_counts(groups, y, 3) == {
+        "n_clean": 3,
+        "n_uncertain": 1,
+        "n_poisoned": 2,
+        "clean_per_class": [1, 0, 2],
+        "poisoned_per_class": [2, 0, 0],
+    }

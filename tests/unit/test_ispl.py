@@ -30,9 +30,7 @@ def test_trim_unions_the_global_quantile_with_a_per_class_floor():
 
 
 def test_vote_takes_the_mode_and_breaks_ties_at_random():
-    preds = torch.tensor([[0, 1, 2, 1],
-                          [0, 1, 3, 2],
-                          [1, 2, 3, 3]])
+    preds = torch.tensor([[0, 1, 2, 1], [0, 1, 3, 2], [1, 2, 3, 3]])
     mode, count = vote(preds, 4, torch.Generator().manual_seed(0))
     assert mode[:3].tolist() == [0, 1, 3] and count[:3].tolist() == [2, 2, 2]
     assert count[3] == 1 and mode[3] in (1, 2, 3)

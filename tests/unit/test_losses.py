@@ -24,7 +24,7 @@ def test_sce_confident_correct_sample_has_small_loss():
 
 
 def test_gce_exact():
-    assert gce(EVEN, Y0).item() == pytest.approx((1 - 0.5 ** 0.7) / 0.7, abs=1e-6)  # 0.5491826
+    assert gce(EVEN, Y0).item() == pytest.approx((1 - 0.5**0.7) / 0.7, abs=1e-6)  # 0.5491826
     assert gce(EVEN, Y0, q=1.0).item() == pytest.approx(0.5, abs=1e-6)  # q = 1: MAE-like 1 - p_y
 
 
@@ -52,4 +52,4 @@ def test_nt_xent_exact():
 
 def test_nt_xent_normalises_and_uses_temperature():
     u = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
-    assert nt_xent(u, u.clone(), temperature=0.5).item() == pytest.approx(math.log(1 + 2 / math.e ** 2), abs=1e-6)
+    assert nt_xent(u, u.clone(), temperature=0.5).item() == pytest.approx(math.log(1 + 2 / math.e**2), abs=1e-6)

@@ -51,8 +51,10 @@ def test_trusted_purity_of_a_clean_split():
     kept = torch.tensor([True, True, True, False])
     poisoned = torch.tensor([False, True, False, True])
     trusted = torch.tensor([True, True, True, False])
-    d = detection_metrics(kept, None, torch.zeros(4, dtype=torch.long), poisoned, torch.zeros(4, dtype=torch.long),
-                          trusted)
+    d = detection_metrics(
+        kept, None, torch.zeros(4, dtype=torch.long), poisoned, torch.zeros(4, dtype=torch.long), trusted
+    )
     assert d["trusted_purity"] == pytest.approx(2 / 3) and d["n_trusted"] == 3 and d["precision"] == 1.0
-    assert "trusted_purity" not in detection_metrics(kept, None, torch.zeros(4, dtype=torch.long), poisoned,
-                                                     torch.zeros(4, dtype=torch.long))
+    assert "trusted_purity" not in detection_metrics(
+        kept, None, torch.zeros(4, dtype=torch.long), poisoned, torch.zeros(4, dtype=torch.long)
+    )

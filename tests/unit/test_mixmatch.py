@@ -29,8 +29,7 @@ def test_mixup_keeps_the_larger_weight_on_its_own_input():
 
 
 def test_mixmatch_loss_exact():
-    lx, lu = mixmatch_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2),
-                           torch.tensor([[1.0, 0.0]]))
+    lx, lu = mixmatch_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
     assert lx.item() == pytest.approx(0.6931472, abs=1e-6)  # soft CE = ln 2
     assert lu.item() == pytest.approx(0.25, abs=1e-7)  # ((0.5-1)^2 + (0.5-0)^2) / 2 classes
 

@@ -10,10 +10,18 @@ from scripts.report import main as report_main  # noqa: I001
 def write_run(root, name, attack, defense, acc, asr, seed=0):
     d = root / name
     d.mkdir(parents=True)
-    r = {"metrics": {"acc": acc, "acc_nontarget": acc, "asr": asr, "ra": 1 - asr}, "detection": None,
-         "config": {"attack": {"name": attack, "poison_rate": 0.1}, "defense": {"name": defense}, "seed": seed,
-                    "model": {"_target_": "x.SmallCNN", "width": 32}},
-         "timing": {"total": 1.0}, "data": {"name": "digits"}}
+    r = {
+        "metrics": {"acc": acc, "acc_nontarget": acc, "asr": asr, "ra": 1 - asr},
+        "detection": None,
+        "config": {
+            "attack": {"name": attack, "poison_rate": 0.1},
+            "defense": {"name": defense},
+            "seed": seed,
+            "model": {"_target_": "x.SmallCNN", "width": 32},
+        },
+        "timing": {"total": 1.0},
+        "data": {"name": "digits"},
+    }
     (d / "results.json").write_text(json.dumps(r))
 
 
@@ -112,8 +120,10 @@ def test_one_rate_against_a_per_rate_reference_and_counts_stay_counts(tmp_path, 
     assert t.loc[(0.1, "badnets"), ("none", "FP")] == 39 and t.loc[(0.1, "badnets"), ("none", "TPR")] == 50
     t = with_reference(t, read_reference("flows/table4"))
     assert t.loc[(0.1, "badnets"), ("none", "ASR", "paper")] == pytest.approx(
-        read_reference("flows/table4").query("poison_rate == 0.1 and attack == 'badnets' and defense == 'none'")
-        ["asr"].item())
+        read_reference("flows/table4")
+        .query("poison_rate == 0.1 and attack == 'badnets' and defense == 'none'")["asr"]
+        .item()
+    )
     assert report_main([str(tmp_path), "--reference", "flows/table4"]) == 0
 
 
@@ -138,8 +148,16 @@ def test_median_over_scenarios_exact(tmp_path, capsys):
     assert mean.loc["dirty_label_3to5", ("ispl", "ASR")] == pytest.approx(31.0)
     assert median.loc["dirty_label_3to5", ("ispl", "ACC")] == pytest.approx(90.0)
     assert median.loc["dirty_label_3to5", ("ispl", "ASR")] == pytest.approx(2.0)
-    small = pd.DataFrame({"dataset": ["d"] * 4, "model": ["m"] * 4, "poison_rate": [0.1] * 4,
-                          "attack": ["a"] * 4, "defense": ["none"] * 4, "acc": [0.1, 0.2, 0.4, 0.9]})
+    small = pd.DataFrame(
+        {
+            "dataset": ["d"] * 4,
+            "model": ["m"] * 4,
+            "poison_rate": [0.1] * 4,
+            "attack": ["a"] * 4,
+            "defense": ["none"] * 4,
+            "acc": [0.1, 0.2, 0.4, 0.9],
+        }
+    )
     assert paper_table(small, ["acc"], agg="median").loc["a", ("none", "ACC")] == pytest.approx(30.0)  # even: midpoint
     assert paper_table(small, ["acc"]).loc["a", ("none", "ACC")] == pytest.approx(40.0)
     with pytest.raises(ValueError, match="agg"):
