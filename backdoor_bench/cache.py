@@ -24,6 +24,44 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# What each artifact kind depends on: the one place a cache key is declared. `Runner.spec`
+# fills the config-derived dependencies (`runner.CONFIG_DEPENDENCIES`) from the run's config and
+# takes the rest from the caller; `artifact_spec` checks the set is exactly this one and adds the
+# package version, so a release never reuses an older release's artifacts.
+ARTIFACTS: dict[str, tuple[str, ...]] = {
+    # the decoded images of a cacheable source (an image folder): its config and its files
+    "dataset": ("source", "content"),
+    # the attack's poisoned training set; `surrogate`: what determines an attack's trained tools
+    "poisoned_set": ("data", "attack", "surrogate", "seed"),
+    # a model of standard supervised training: surrogate, backdoored or retrained
+    "model": ("data", "role", "epochs", "loss", "model", "training", "augment", "seed"),
+    # a SimCLR backbone (with its projector) on the unlabeled training set
+    "ssl_backbone": ("data", "ssl", "ssl_epochs", "model", "precision", "seed"),
+    # a defense stage's resumable state (per-epoch checkpoint)
+    "defense_stage": ("data", "stage", "defense", "ssl", "model", "training", "augment", "caps", "seed"),
+    # a defense's cached artifact (a split, an encoder, densities), shared across defenses by `spec`
+    "defense_artifact": ("data", "artifact", "spec", "ssl", "model", "training", "augment", "caps", "seed"),
+    # an attack's cached artifact (an optimised trigger, an encoder)
+    "attack_artifact": ("data", "artifact", "spec", "surrogate", "seed"),
+}
+
+
+def artifact_spec(kind: str, deps: dict) -> dict:
+    """The spec an artifact of `kind` is keyed by: exactly its declared dependencies, plus the
+    package version."""
+    import backdoor_bench
+
+    declared = ARTIFACTS.get(kind)
+    if declared is None:
+        raise KeyError(f"unknown artifact kind {kind!r}: declare it in cache.ARTIFACTS")
+    missing, extra = set(declared) - set(deps), set(deps) - set(declared)
+    if missing or extra:
+        raise KeyError(
+            f"artifact {kind!r} depends on {declared}; missing {sorted(missing)}, undeclared {sorted(extra)}"
+        )
+    return {"kind": kind, **{k: deps[k] for k in declared}, "version": backdoor_bench.__version__}
+
+
 def spec_key(spec: dict) -> str:
     """A stable 16-hex-digit hash of a JSON-able spec."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]

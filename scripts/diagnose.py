@@ -32,11 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backdoor_bench import pipeline  # noqa: E402
-from backdoor_bench.attacks.base import PoisonedSet  # noqa: E402
-from backdoor_bench.cache import ArtifactCache  # noqa: E402
-from backdoor_bench.data.imageset import load_dataset, random_subset  # noqa: E402
 from backdoor_bench.defenses import dbd, sensitivity  # noqa: E402
 from backdoor_bench.metrics import attack_metrics, detection_metrics  # noqa: E402
+from backdoor_bench.runner import Runner  # noqa: E402
 from backdoor_bench.training.fit import eval_device, predict  # noqa: E402
 
 log = logging.getLogger("diagnose")
@@ -71,22 +69,15 @@ def main() -> None:
     OmegaConf.resolve(cfg)
     t0 = time.perf_counter()
     attack, defense = pipeline.validate(cfg)
-    cache = ArtifactCache(cfg.paths.cache_dir, enabled=True)
+    runner = Runner(cfg)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    train, test = load_dataset(cfg.dataset, cache)
-    train = random_subset(train, cfg.trainer.train_subset, cfg.seed)
-    test = random_subset(test, cfg.trainer.test_subset, cfg.seed)
-    timings: dict = {}
-    train_model, fit_module = pipeline.trainers(cfg, cache, None, timings)
-    if attack.needs_tools:
-        attack.bind(pipeline.attack_tools(cfg, train, cache, train_model, fit_module))
-    ps = attack.poison(train, cfg.seed)
-    ps = PoisonedSet.from_payload(ps.to_payload())
+    train, test = runner.load_data()
+    ps = pipeline.poison(runner, attack, train)
     truth = ps.poisoned
-    ssl_backbone = pipeline.ssl_trainer(cfg, cache, fit_module)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = pipeline._context(cfg, ps, train, defense, train_model, fit_module, ssl_backbone, cache, out_dir)
+    ctx = pipeline.defense_context(runner, defense, ps, train, out_dir)
+    timings = runner.timings
 
     patches = []
     if args.oracle == "split":

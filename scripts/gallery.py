@@ -25,11 +25,10 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backdoor_bench.cache import ArtifactCache  # noqa: E402
-from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset  # noqa: E402
+from backdoor_bench.data.imageset import ImageSet  # noqa: E402
 from backdoor_bench.errors import ConfigError  # noqa: E402
 from backdoor_bench.figures import trigger_gallery  # noqa: E402
-from backdoor_bench.pipeline import attack_tools, trainers  # noqa: E402
+from backdoor_bench.runner import Runner  # noqa: E402
 from backdoor_bench.validate import validate  # noqa: E402
 
 
@@ -75,9 +74,7 @@ def main(argv=None) -> int:
             for name in names
         }
     base = next(iter(cfgs.values()))
-    cache = ArtifactCache(base.paths.cache_dir, enabled=base.cache.enabled)
-    train, test = load_dataset(base.dataset, cache)
-    train = random_subset(train, base.trainer.train_subset, base.seed)
+    train, test = Runner(base).load_data()
     rows = []
     for cfg in cfgs.values():
         try:
@@ -87,8 +84,7 @@ def main(argv=None) -> int:
             return 2
         attack.num_classes = train.num_classes
         if attack.needs_tools:
-            train_model, fit_module = trainers(cfg, cache, None, {})
-            attack.bind(attack_tools(cfg, train, cache, train_model, fit_module))
+            attack.bind(Runner(cfg).attack_tools(train, cfg.attack.get("surrogate_epochs")))
         rows += gallery_rows(attack, train, test, a.n, int(cfg.seed))
     out = trigger_gallery(rows, Path(a.out), n=a.n)
     print(f"gallery: {len(rows)} rows ({len(names)} attacks) -> {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -77,22 +78,34 @@ def random_subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
 
 
-def load_dataset(cfg, cache=None) -> tuple[ImageSet, ImageSet]:
+def source_content(root) -> str | None:
+    """A hash of the files under `root` (relative path, size, modification time), or of the file
+    `root`: a cached decoding is reused only while the files it came from are unchanged."""
+    if root is None:
+        return None
+    path = Path(str(root))
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_dataset(cfg, cached=None) -> tuple[ImageSet, ImageSet]:
     """Instantiate `cfg.source` (a loader function) and return (train, test).
 
     Decoding a folder of images is slow, so loaders that declare `cacheable: true` store the
-    decoded tensors in the artifact cache, keyed by the source config.
+    decoded tensors through `cached(build, content)` (the runner's artifact cache), keyed by the
+    source config and `content`, the hash of the source's files.
     """
 
     def build():
         train, test = instantiate_checked("dataset", cfg.source)
         return {"train": train.to_payload(), "test": test.to_payload()}
 
-    if cache is not None and cfg.get("cacheable", False):
-        from omegaconf import OmegaConf
-
-        spec = {"source": OmegaConf.to_container(cfg.source, resolve=True)}
-        payload = cache.get_or_build("dataset", spec, build)
+    if cached is not None and cfg.get("cacheable", False):
+        payload = cached(build, source_content(cfg.source.get("root")))
     else:
         payload = build()
     train, test = ImageSet.from_payload(payload["train"]), ImageSet.from_payload(payload["test"])

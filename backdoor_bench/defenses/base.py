@@ -9,13 +9,17 @@ supervised training, retraining on a cleansed set).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 from backdoor_bench.data import ImageSet
+from backdoor_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ class Verdict:
     `kept`: bool [N], samples kept for training. `labels`: int64 [N] or None, the labels to train
     the kept samples with (None: the given labels). `scores`: float [N] or None, higher = more
     suspicious. `trusted`: bool [N] or None, the samples the defense judged surely clean (e.g.
-    seed 001's clean split), whose purity the evaluator reports.
+    the clean split of D-ST/D-BR's SD module), whose purity the evaluator reports.
     """
 
     kept: torch.Tensor
@@ -56,28 +60,43 @@ class Outcome:
     extra: dict = field(default_factory=dict)  # JSON-able figures a defense wants in results.json
 
 
-@dataclass
 class DefenseContext:
-    """What a defense gets. Built by the pipeline; see the module docstring."""
+    """What a defense gets: the poisoned training set (images and given labels only), the
+    trusted clean subset when the defense declares `needs_clean`, and the run's shared, cached
+    mechanics through the methods below. It holds no path into the cache or the run folder: stage
+    state goes through `stage_state` handles, figures through `figure`.
 
-    train: ImageSet
-    train_model: Callable[..., torch.nn.Module]  # (data, name, cache_spec=None, loss="ce") -> trained model
-    backdoored_model: Callable[[], torch.nn.Module]
-    fit: Callable[..., object]  # (module, data, name, max_epochs=None, augment=True) -> module
-    clean: ImageSet | None = None
-    seed: int = 0
-    out_dir: Path = Path(".")
-    ssl_backbone: Callable[..., torch.nn.Module] | None = None  # (ssl_cfg=None) -> SimCLR-trained model
-    device: torch.device = torch.device("cpu")  # where defenses score or embed samples
-    augment: Callable | None = None  # the dataset's training augmentation (uint8 batch, generator)
-    # a stage's epochs (or steps) under the trainer caps: (n, kind="epochs", min_steps=0, steps_per_epoch=1)
-    stage_length: Callable[..., int] = lambda n, kind="epochs", **kw: int(n)
-    channels_last: bool = False
-    stage_checkpoint: Callable[[str], Path | None] = lambda stage: None  # resumable per-epoch checkpoint path
-    new_model: Callable[[], torch.nn.Module] | None = None  # a fresh, untrained `cfg.model`
-    # (kind, spec, build) -> build()'s dict of tensors, cached by `spec` plus the data, model and seed
-    # (artifacts several defenses share, e.g. seed 001's sample split)
-    cached: Callable[[str, dict, Callable[[], dict]], dict] = lambda kind, spec, build: build()
+    Attributes: `train` (the poisoned training set), `clean` (ImageSet or None), `seed`, `device`
+    (where to score or embed samples), `augment` (the dataset's batched training augmentation,
+    `augment(uint8 batch, generator)`, or None), `channels_last` (for Lightning modules).
+    """
+
+    def __init__(self, runner, train: ImageSet, clean: ImageSet | None = None, out_dir: Path | None = None):
+        self.train, self.clean = train, clean
+        self.seed, self.device = runner.seed, runner.device
+        self.augment, self.channels_last = runner.augment, runner.channels_last
+        self._runner, self._out_dir = runner, out_dir
+
+    # -- models ---------------------------------------------------------------------------------
+    def backdoored_model(self) -> torch.nn.Module:
+        """The model of standard training on `train` (cached; what no defense gives). Copy it
+        before changing it."""
+        return self._runner.backdoored_model(self.train)
+
+    def new_model(self, seed: int | None = None) -> torch.nn.Module:
+        """A fresh, untrained model of the run's architecture, initialised from `seed` (default:
+        the run's seed)."""
+        return self._runner.new_model(self.train, seed)
+
+    def train_model(self, data: ImageSet, name: str, epochs: int | None = None) -> torch.nn.Module:
+        """A fresh model trained on `data` with the run's standard recipe (not cached)."""
+        return self._runner.train_model(data, name, epochs=epochs)
+
+    def ssl_backbone(self) -> torch.nn.Module:
+        """A fresh model whose backbone SimCLR trained on the unlabeled `train` (`cfg.ssl`;
+        cached and shared by every defense of the same poisoned set); the head is untrained; the
+        projector is `model.ssl_projector`."""
+        return self._runner.ssl_backbone(self.train)
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples.
@@ -88,18 +107,91 @@ class DefenseContext:
             return self.backdoored_model()
         data = verdict.cleansed(self.train)
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
-        return self.train_model(data, name="retrain")
+        return self.train_model(data, "retrain")
+
+    # -- stages ---------------------------------------------------------------------------------
+    def stage_length(self, n: int, kind: str = "epochs") -> int:
+        """A stage's `n` epochs (or, `kind="steps"`, steps per epoch) under the trainer caps."""
+        return self._runner.stage_length(n, kind)
 
     def stage_epochs(
         self, epochs: int, n_samples: int, batch_size: int, min_steps: int = 0, drop_last: bool = False
     ) -> int:
         """A stage's epochs over `n_samples` at `batch_size`: at least `min_steps` optimizer steps
         (see `training.fit.stage_length`), capped by the trainer."""
-        from backdoor_bench.training.fit import steps_per_epoch
+        return self._runner.stage_epochs(epochs, n_samples, batch_size, min_steps, drop_last)
 
-        return self.stage_length(
-            epochs, min_steps=min_steps, steps_per_epoch=steps_per_epoch(n_samples, batch_size, drop_last)
+    def fit(
+        self,
+        name: str,
+        module: pl.LightningModule,
+        data: ImageSet,
+        epochs: int,
+        *,
+        resumable: bool = False,
+        augment: bool = True,
+        batch_size: int | None = None,
+        extras: dict | None = None,
+        loader: Callable | None = None,
+    ) -> pl.LightningModule:
+        """Train one stage: `module` on `data` for `epochs` with the run's trainer (timed as
+        `train/<name>`). `augment`: the dataset's augmentation on each batch; `batch_size`: the
+        stage's (default the trainer's); `extras`: per-sample tensors batched beside x and y;
+        `loader(device)`: builds the batches instead (MixMatch, unlearning phases). `resumable`:
+        a per-epoch checkpoint that a rerun of an interrupted run resumes from, removed once the
+        stage has finished."""
+        return self._runner.stage(
+            name,
+            module,
+            data,
+            epochs,
+            resumable=resumable,
+            augment=augment,
+            batch_size=batch_size,
+            extras=extras,
+            loader=loader,
         )
+
+    def stage_state(self, name: str):
+        """A handle (`load(default)`, `save(obj)`, `clear()`) on stage `name`'s own resumable state,
+        for stages that are not one Lightning fit (e.g. ISPL's finished components)."""
+        return self._runner.stage_state(name, self.train)
+
+    def cached(self, name: str, spec: dict, build: Callable[[], dict]) -> dict:
+        """`build()`'s dict of tensors, built once per `spec` (plus the data, model, training recipe,
+        SSL config and seed): artifacts several defenses share, e.g. the SD module's split."""
+        return self._runner.cached("defense_artifact", build, data=self.train, artifact=name, spec=spec)
+
+    def figure(self, name: str, draw: Callable[[Path], object]) -> None:
+        """Save a figure as `<name>.png` in the run folder: `draw(path)` writes it to a scratch file
+        that is then moved there. A figure never costs a result: a failure is logged."""
+        if self._out_dir is None:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}.png"
+                draw(path)
+                Path(self._out_dir).mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), Path(self._out_dir) / path.name)
+        except Exception as e:
+            log.warning("could not draw %s: %s", name, e)
+
+
+def trusted_clean_subset(clean_train: ImageSet, untouched: torch.Tensor, fraction: float, seed: int) -> ImageSet:
+    """The trusted clean data a defense with `needs_clean` gets: `round(fraction x N)` samples drawn
+    (seed + 1) from the training samples the attack left alone (`untouched`: neither poisoned nor
+    cover samples, whose clean originals would reveal the trigger), as their original images."""
+    pool = untouched.nonzero().flatten()
+    n = int(round(fraction * len(clean_train)))
+    if n < 1:
+        raise ConfigError(f"defense.clean_fraction={fraction} gives no clean sample: this defense needs a few")
+    if n > len(pool):
+        raise ConfigError(
+            f"defense.clean_fraction={fraction} asks for {n} clean samples but only {len(pool)} "
+            f"were left untouched by the attack: lower it to at most {len(pool) / len(clean_train):.3f}"
+        )
+    g = torch.Generator().manual_seed(seed + 1)
+    return clean_train.subset(pool[torch.randperm(len(pool), generator=g)[:n]].sort().values)
 
 
 class Defense:

@@ -1,5 +1,4 @@
-"""DBD: backdoor defense via decoupling the training process (Huang et al., ICLR 2022; seed 003,
-specs/seed_methods.md section A).
+"""DBD: backdoor defense via decoupling the training process (Huang, Li, Wu, Qin and Ren, ICLR 2022).
 
 1. Self-supervised backbone: SimCLR on the unlabeled poisoned set (`ctx.ssl_backbone()`, Sec. 4.3).
 2. Warm-up: the backbone frozen, a linear head trained on all samples with SCE (Sec. 4.4).
@@ -100,6 +99,7 @@ class DBD(Defense):
         warm_loss, warm_args = ("ce", {}) if self.variant == "ss_ce" else (self.loss, self.loss_args)
         warmup = ctx.stage_epochs(self.warmup_epochs, len(ctx.train), self.batch_size, self.warmup_min_steps)
         ctx.fit(
+            "dbd_warmup",
             Supervised(
                 model,
                 self.optimizer,
@@ -111,7 +111,6 @@ class DBD(Defense):
                 log_prefix="dbd_warmup",
             ),
             ctx.train,
-            "dbd_warmup",
             warmup,
             batch_size=self.batch_size,
         )
@@ -141,6 +140,7 @@ class DBD(Defense):
             tune = ctx.stage_length(self.tune_epochs)
             kept = split()
             ctx.fit(
+                "dbd_tune",
                 Supervised(
                     model,
                     self.optimizer,
@@ -152,7 +152,6 @@ class DBD(Defense):
                     log_prefix="dbd_tune",
                 ),
                 ctx.train.subset(kept.nonzero().flatten()),
-                "dbd_tune",
                 tune,
                 batch_size=self.batch_size,
             )
@@ -170,15 +169,14 @@ class DBD(Defense):
         if self.variant == "no_ssl":
             model = copy.deepcopy(ctx.backdoored_model())
         else:
-            if ctx.ssl_backbone is None:
-                raise RuntimeError("DBD needs ctx.ssl_backbone: run it through the pipeline")
             model = ctx.ssl_backbone()
         torch.manual_seed(ctx.seed)
         model.head.reset_parameters()
         return model
 
     def _finetune(self, ctx: DefenseContext, model: torch.nn.Module, split, warmup: int) -> dict:
-        """Stage 3: MixMatch on the whole model, re-splitting at every epoch (specs A.1 item 4)."""
+        """Stage 3: MixMatch on the whole model, re-splitting at every epoch (as DBD's official code
+        does: the labeled set is re-drawn from the current model's losses at each epoch's start)."""
         m = self.mixmatch
         epochs, iterations = ctx.stage_length(self.finetune_epochs), ctx.stage_length(m["iterations"], "steps")
         module = MixMatch(
@@ -193,13 +191,12 @@ class DBD(Defense):
             epoch_offset=warmup,
             channels_last=ctx.channels_last,
         )
-        checkpoint = ctx.stage_checkpoint("dbd_mixmatch")  # an interrupted run resumes here
         ctx.fit(
+            "dbd_mixmatch",
             module,
             ctx.train,
-            "dbd_mixmatch",
             epochs,
-            checkpoint=checkpoint,
+            resumable=True,  # an interrupted run resumes here
             loader=lambda device: SemiLoader(
                 ctx.train.x,
                 ctx.train.y,
@@ -212,6 +209,4 @@ class DBD(Defense):
                 seed=ctx.seed,
             ),
         )
-        if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
         return {"finetune_epochs": epochs, "iterations": iterations}

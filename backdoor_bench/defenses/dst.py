@@ -1,4 +1,5 @@
-"""D-ST: distinguishment and secure training (seed 001 Sec. 3.3, App. A.2; specs/seed_methods.md B.2).
+"""D-ST: distinguishment and secure training (Chen, Wu and Wang, "Effective Backdoor Defense by
+Exploiting Sensitivity of Poisoned Samples", NeurIPS 2022, Sec. 3.3 and App. A.2).
 
 1. The SD module splits the training set into clean, uncertain and poisoned parts (sensitivity.py).
 2. ST-1: a fresh `cfg.model` backbone and a projector (no BatchNorm) learn from scratch on all
@@ -156,7 +157,6 @@ class DST(Defense):
         }
 
         def build() -> dict:
-            torch.manual_seed(ctx.seed)
             model = ctx.new_model()
             views = SimCLRViews(ctx.train.shape[-1], ctx.train.shape[0], **dict(e["augment"]))
             t, t_base, pos_only = float(e["temperature"]), float(e["base_temperature"]), self.clean_pos_only
@@ -174,13 +174,13 @@ class DST(Defense):
                 loss_fn=loss_fn,
                 projector_bn=False,
             )
-            bs, checkpoint = int(e["batch_size"]), ctx.stage_checkpoint("dst_encoder")
+            bs = int(e["batch_size"])
             ctx.fit(
+                "dst_encoder",
                 module,
                 ctx.train,
-                "dst_encoder",
                 epochs,
-                checkpoint=checkpoint,
+                resumable=True,
                 loader=lambda device: DeviceLoader(
                     ctx.train.x,
                     ctx.train.y,
@@ -192,8 +192,6 @@ class DST(Defense):
                     extras={"supervised": supervised},
                 ),
             )
-            if checkpoint is not None:
-                checkpoint.unlink(missing_ok=True)
             return {"state_dict": model.cpu().state_dict()}
 
         model = ctx.new_model()
@@ -215,4 +213,4 @@ class DST(Defense):
         module = _FrozenEncoderHead(
             model, views, dict(h["optimizer"]), epochs, self.lambda_p if self.classifier == "mce" else None
         )
-        ctx.fit(module, data, "dst_head", epochs, augment=False, batch_size=int(h["batch_size"]), extras=extras)
+        ctx.fit("dst_head", module, data, epochs, augment=False, batch_size=int(h["batch_size"]), extras=extras)

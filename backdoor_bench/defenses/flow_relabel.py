@@ -193,8 +193,6 @@ class FlowRelabel(Defense):
     def features(self, ctx: DefenseContext) -> torch.Tensor:
         if self.variant == "supervised":
             model = copy.deepcopy(ctx.backdoored_model())
-        elif ctx.ssl_backbone is None:
-            raise RuntimeError("flow_relabel needs ctx.ssl_backbone: run it through the pipeline")
         else:
             model = ctx.ssl_backbone()
         h = extract_features(model, ctx.train.x, device=ctx.device).float()
@@ -362,7 +360,4 @@ class FlowRelabel(Defense):
 
     def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
         """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
-        try:
-            foreign_density_histograms(v, y, mus, flagged, ctx.out_dir / "foreign_density.png", self.bins)
-        except Exception as e:  # a figure never costs a result
-            log.warning("could not draw the foreign-density histograms: %s", e)
+        ctx.figure("foreign_density", lambda path: foreign_density_histograms(v, y, mus, flagged, path, self.bins))

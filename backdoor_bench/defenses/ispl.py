@@ -24,7 +24,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from backdoor_bench.cache import atomic_torch_save
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import per_sample_loss, predict
@@ -130,11 +129,10 @@ class ISPL(Defense):
 
     # -- shared mechanics -------------------------------------------------------------------
     def _model(self, ctx: DefenseContext, seed: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return ctx.new_model()
+        return ctx.new_model(seed)
 
     def _train(self, ctx: DefenseContext, module: Supervised, idx: torch.Tensor, epochs: int, name: str):
-        ctx.fit(module, ctx.train.subset(idx), name, epochs, batch_size=self.batch_size)
+        ctx.fit(name, module, ctx.train.subset(idx), epochs, batch_size=self.batch_size)
 
     def _views(self, ctx: DefenseContext, seed: int):
         """The transform scoring and voting see: one augmented view per sample, or the image."""
@@ -190,8 +188,8 @@ class ISPL(Defense):
         """All runs of sequential extraction: (predictions [learners, N], component sizes per
         run). Each finished component is checkpointed, so an interrupted run resumes."""
         n0 = len(ctx.train)
-        path = ctx.stage_checkpoint("ispl_components")
-        done = torch.load(path, weights_only=True) if path is not None and path.exists() else []
+        state = ctx.stage_state("ispl_components")
+        done = state.load(default=[])
         preds, sizes = [], []
         for r in range(self.runs):
             pool, sizes_r = torch.arange(n0), []
@@ -204,8 +202,7 @@ class ISPL(Defense):
                 else:
                     core, pred = self.component(ctx, pool, seed=ctx.seed * 10007 + 101 * r + 7 * e)
                     done.append({"core": core, "pred": pred})
-                    if path is not None:
-                        atomic_torch_save(path, done)
+                    state.save(done)
                 pool = pool[~torch.isin(pool, core)]
                 preds.append(pred)
                 sizes_r.append(len(core))
@@ -242,8 +239,6 @@ class ISPL(Defense):
         return keep, c, counts
 
     def run(self, ctx: DefenseContext) -> Outcome:
-        if ctx.new_model is None:
-            raise RuntimeError("ispl needs ctx.new_model: run it through the pipeline")
         preds, sizes = self.ensemble(ctx)
         mode, count = vote(preds, ctx.train.num_classes, torch.Generator().manual_seed(ctx.seed))
         keep = (mode == ctx.train.y) & (count > 1)

@@ -82,7 +82,7 @@ class ITLM(Defense):
 
         def round_loss(kept: torch.Tensor, r: int) -> torch.Tensor:
             epochs = ctx.stage_length(self.first_epochs if r == 0 else self.epochs)
-            model = ctx.train_model(train.subset(kept.nonzero().flatten()), name=f"itlm{r}", max_epochs=epochs)
+            model = ctx.train_model(train.subset(kept.nonzero().flatten()), name=f"itlm{r}", epochs=epochs)
             loss = per_sample_loss(model, train.x, train.y, F.cross_entropy, device=ctx.device)
             log.info("itlm round %d: trained %d epochs on %d samples", r + 1, epochs, int(kept.sum()))
             return loss

@@ -31,6 +31,7 @@ from backdoor_bench.defenses.base import DefenseContext
 from backdoor_bench.defenses.spectral import spectral_scores
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import extract_features, over_batches, per_sample_loss
+from backdoor_bench.training.isolation import lga_isolation_scores
 from backdoor_bench.training.losses import centroid_separation, get_loss
 from backdoor_bench.training.optim import configure_optimizers
 from backdoor_bench.training.supervised import Supervised
@@ -165,25 +166,24 @@ def validate_sd(sd: dict) -> None:
 
 def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
     """Steps 1-2: brief training without augmentation, then the centroid-separation fine-tune."""
-    torch.manual_seed(ctx.seed)
     model = ctx.new_model()
     optim, schedule = dict(sd["optimizer"]), int(sd["schedule_epochs"])
     bs = int(sd["batch_size"])
     epochs = ctx.stage_epochs(sd["epochs"], len(ctx.train), bs, int(sd.get("min_steps") or 0))
     separate = ctx.stage_epochs(sd["finetune_epochs"], len(ctx.train), bs, int(sd.get("finetune_min_steps") or 0))
     ctx.fit(
+        "sd_train",
         Supervised(model, optim, schedule, channels_last=ctx.channels_last, log_prefix="sd_train"),
         ctx.train,
-        "sd_train",
         epochs,
         augment=False,
         batch_size=int(sd["batch_size"]),
     )
     if int(sd["finetune_epochs"]) > 0:
         ctx.fit(
+            "sd_separate",
             _CentroidSeparation(model, optim, schedule),
             ctx.train,
-            "sd_separate",
             separate,
             augment=False,
             batch_size=int(sd["batch_size"]),
@@ -199,15 +199,14 @@ def _scores(ctx: DefenseContext, sd: dict) -> torch.Tensor:
         if metric == "fct":
             return fct(model, x, seed=ctx.seed, draws=int(sd["draws"]), device=ctx.device, **dict(sd["transform"]))
         return spectral_scores(extract_features(model, x, device=ctx.device), y)
-    if metric == "sce":  # DBD's warm-up (seed 003 Sec. 4.4): SSL backbone, head trained with SCE
-        if ctx.ssl_backbone is None:
-            raise RuntimeError("defense.sd.metric=sce needs ctx.ssl_backbone: run it through the pipeline")
+    if metric == "sce":  # DBD's warm-up (Huang et al., ICLR 2022, Sec. 4.4): SSL backbone, SCE head
         model = ctx.ssl_backbone()
         torch.manual_seed(ctx.seed)
         model.head.reset_parameters()
         d = dict(sd["sce"])
         epochs = ctx.stage_length(d["epochs"])
         ctx.fit(
+            "sd_sce",
             Supervised(
                 model,
                 dict(d["optimizer"]),
@@ -218,29 +217,21 @@ def _scores(ctx: DefenseContext, sd: dict) -> torch.Tensor:
                 log_prefix="sd_sce",
             ),
             ctx.train,
-            "sd_sce",
             epochs,
         )
         return per_sample_loss(model, x, y, get_loss("sce"), device=ctx.device)
-    d = dict(sd["lga"])  # ABL's isolation (Li et al. 2021): the lowest losses are the poison
-    epochs = ctx.stage_length(d["epochs"])
-    torch.manual_seed(ctx.seed)
-    model = ctx.new_model()
-    ctx.fit(
-        Supervised(
-            model,
-            dict(d["optimizer"]),
-            epochs,
-            loss="lga",
-            loss_args={"gamma": float(d["gamma"])},
-            channels_last=ctx.channels_last,
-            log_prefix="sd_lga",
-        ),
+    d = dict(sd["lga"])  # ABL's loss-guided isolation: the lowest losses are the poison
+    return lga_isolation_scores(
+        ctx.fit,
+        ctx.new_model(),
         ctx.train,
-        "sd_lga",
-        epochs,
+        optimizer=dict(d["optimizer"]),
+        epochs=ctx.stage_length(d["epochs"]),
+        gamma=float(d["gamma"]),
+        channels_last=ctx.channels_last,
+        device=ctx.device,
+        name="sd_lga",
     )
-    return -per_sample_loss(model, x, y, get_loss("ce"), device=ctx.device)
 
 
 def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,8 +143,6 @@ class SSLKNN(Defense):
         self.filter_threshold, self.relabel_threshold = float(filter_threshold), float(relabel_threshold)
 
     def run(self, ctx: DefenseContext) -> Outcome:
-        if ctx.ssl_backbone is None:
-            raise RuntimeError("ssl_knn needs ctx.ssl_backbone: run it through the pipeline")
         h = ssl_embedding(ctx.ssl_backbone(), ctx.train.x, self.embedding, device=ctx.device)
         k = min(self.k, len(h) - 1)
         neighbours = knn_indices(h, k)

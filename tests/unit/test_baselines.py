@@ -7,7 +7,6 @@ from torch import nn
 
 from backdoor_bench.data import ImageSet
 from backdoor_bench.defenses.ac import ActivationClustering, activation_clustering
-from backdoor_bench.defenses.base import DefenseContext
 from backdoor_bench.defenses.itlm import ITLM, trimmed_rounds
 from backdoor_bench.defenses.spectral import (
     SpectralSignatures,
@@ -18,6 +17,7 @@ from backdoor_bench.errors import ConfigError
 from backdoor_bench.models import ImageClassifier
 from backdoor_bench.models.resnet_cifar import ResNet32
 from backdoor_bench.training.features import layer_features, shape_activations
+from tests.unit.contexts import RecordingRunner, context
 
 
 def planted(n_clean=90, n_poison=10, dim=16, shift=8.0, seed=0):
@@ -99,21 +99,10 @@ class ConstantClassifier(nn.Module):
 def test_itlm_run_trains_fresh_models_on_the_kept_set():
     y = torch.tensor([0] * 45 + [1] * 5)  # the label-1 samples lose under a class-0 model
     train = ImageSet(torch.zeros(50, 1, 4, 4, dtype=torch.uint8), y, ["0", "1"])
-    calls = []
-
-    def train_model(data, name, max_epochs=None, **kw):
-        calls.append((len(data), name, max_epochs))
-        return ConstantClassifier()
-
-    ctx = DefenseContext(
-        train=train,
-        train_model=train_model,
-        backdoored_model=None,
-        fit=None,
-        stage_length=lambda n, kind="epochs", **kw: min(n, 3),
-    )
+    RecordingRunner.calls, RecordingRunner.model = [], ConstantClassifier()
+    ctx = context(train, "trainer.max_stage_epochs=3", runner_class=RecordingRunner)
     out = ITLM(rounds=3, expected_poison_rate=0.25, trim_factor=0.4, first_epochs=2, epochs=40).run(ctx)
-    assert calls == [(50, "itlm0", 2), (45, "itlm1", 3), (45, "itlm2", 3), (45, "retrain", None)]
+    assert RecordingRunner.calls == [(50, "itlm0", 2), (45, "itlm1", 3), (45, "itlm2", 3), (45, "retrain", None)]
     assert torch.equal(out.verdict.kept, y == 0) and out.extra["changed_per_round"] == [0, 0]
 
 

@@ -212,7 +212,7 @@ def _knn_world(poison: int, seed: int = 0):
 
 def test_ssl_knn_gate_cleanses_only_the_target_class():
     from backdoor_bench.defenses.ssl_knn import SSLKNN
-    from tests.unit.test_cleansers_ctx import knn_ctx
+    from tests.unit.contexts import knn_context as knn_ctx
 
     for poison, expect in ((0, []), (20, [0])):
         h, y, given = _knn_world(poison)
@@ -245,7 +245,7 @@ def test_cross_fit_removes_the_memorisation_of_small_classes():
 
 def test_ssl_embedding_projector_and_backbone_exact():
     from backdoor_bench.defenses.ssl_knn import ssl_embedding
-    from tests.unit.test_cleansers_ctx import knn_ctx
+    from tests.unit.contexts import knn_context as knn_ctx
 
     h = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.5]])
     proj = torch.nn.Linear(2, 3, bias=True)
@@ -262,7 +262,7 @@ def test_ssl_knn_projector_embedding_changes_the_neighbours():
     """The embedding decides the neighbourhoods: the backbone features group the samples by class
     (consistent); the projector keeps only a third coordinate g that cuts across the classes."""
     from backdoor_bench.defenses.ssl_knn import SSLKNN
-    from tests.unit.test_cleansers_ctx import knn_ctx
+    from tests.unit.contexts import knn_context as knn_ctx
 
     y = torch.tensor([0, 0, 0, 1, 1, 1])
     g = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, -1.0])
@@ -291,7 +291,7 @@ def test_cached_model_stores_extras_and_rebuilds_an_entry_without_them(tmp_path)
     """The SSL backbone's cache entry carries the projector: a reuse fills `extras` from it, and an
     entry written before the projector was stored is rebuilt once."""
     from backdoor_bench.cache import ArtifactCache
-    from backdoor_bench.pipeline import _cached_model
+    from backdoor_bench.runner import cached_model as _cached_model
 
     cache, spec, builds = ArtifactCache(tmp_path), {"role": "ssl", "x": 1}, []
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backdoor_bench.attacks.triggers import Patch
-from backdoor_bench.defenses.dbr import DBR, Phases, _UnlearnRelearn
+from backdoor_bench.defenses.dbr import DBR
 from backdoor_bench.defenses.dst import DST
 from backdoor_bench.defenses.sensitivity import (
     CLEAN,
@@ -29,6 +29,7 @@ from backdoor_bench.training.losses import (
     sup_con,
 )
 from backdoor_bench.training.optim import warmup_cosine
+from backdoor_bench.training.unlearning import Phases, SignedCE
 
 
 class Pixels(nn.Module):
@@ -188,7 +189,7 @@ def test_unlearn_step_raises_and_relearn_step_lowers_the_loss():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(8, 1, 2, 2), torch.randint(0, 3, (8,))
     for sign in (-1.0, 1.0):
-        m = _UnlearnRelearn(model, {"name": "sgd", "lr": 0.5, "momentum": 0.0, "schedule": "constant"}, 1)
+        m = SignedCE(model, {"name": "sgd", "lr": 0.5, "momentum": 0.0, "schedule": "constant"}, 1)
         opt = m.configure_optimizers()
         m.log = lambda *a, **k: None
         before = F.cross_entropy(model(x), y).item()
