@@ -1,4 +1,4 @@
-"""Defenses (DESIGN.md section 2, Defenses): one file per defense, one config per file in conf/defense/."""
+"""Defenses: one file per defense, one config per file in conf/defense/ (see docs/architecture.md)."""
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 

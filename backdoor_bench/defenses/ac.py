@@ -1,6 +1,7 @@
 """Activation Clustering (Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by
-Activation Clustering", SafeAI@AAAI 2019, arXiv 1811.03728, sections 3 and 4), a seed 002
-baseline (its appendix B.1: ART's implementation, the layer chosen as for Spectral Signatures).
+Activation Clustering", SafeAI@AAAI 2019, arXiv 1811.03728, sections 3 and 4), a baseline of the ISPL paper
+("Defending Against Backdoor Attacks Using Ensembles of Weak Learners", ICLR 2022 submission; its
+appendix B.1: ART's implementation, the layer chosen as for Spectral Signatures).
 
 Poisoned samples of a class are classified by a different feature (the trigger) than the clean
 ones, so the class's activations split into two groups. With the backdoored model's activations
@@ -14,7 +15,7 @@ see training/features.py), for each class under the given labels:
    relative-size analysis, 0.35), and, with `criterion: silhouette`, only when the clustering's
    silhouette score is also above `silhouette_threshold` (ART's silhouette analysis: a class
    that does not really split into two is left alone). `size_threshold: 0.5` always removes the
-   smaller cluster: ART's default "smaller" analysis, the one seed 002 describes.
+   smaller cluster: ART's default "smaller" analysis, the one the ISPL paper describes.
 A sample's score is 1 - its cluster's share of its class (the smaller cluster scores higher).
 Then the shared retrain on the kept samples.
 
@@ -24,8 +25,8 @@ labeled as), not of the whole set: the smaller cluster is removed when it holds 
 (`size_threshold: 0.5` removes the smaller cluster whatever its size, which is a coin flip when
 a class is half poisoned). An all-to-one attack that poisons a share r of the whole set of C
 balanced classes puts about rC / (1 + rC) of the target class under the trigger: half of it at
-r = 10%, C = 10 (the default BadNets and Blended). Seed 002 poisons epsilon (at most 20%) of ONE
-source class, which its ART setting (`defense=ac/seed002`, the smaller cluster of every class)
+r = 10%, C = 10 (the default BadNets and Blended). The ISPL paper poisons epsilon (at most 20%) of
+ONE source class, which its ART setting (`defense=ac/ispl`, the smaller cluster of every class)
 covers.
 """
 

@@ -84,7 +84,7 @@ class _FrozenEncoderHead(pl.LightningModule):
 class DST(Defense):
     """Args: `sd` (the SD module's config, shared with D-BR), `extractor` (ss_ctl, ctl, s_ctl),
     `clean_pos_only` (SS-CTL positives of clean anchors only among clean-split rows; the code's
-    mask, false, is the default, specs B.5 item 3), `encoder` (epochs, batch_size, temperature,
+    mask, false, is the default: the official code's choice where the paper is silent), `encoder` (epochs, batch_size, temperature,
     base_temperature, projector_dim, optimizer, augment), `classifier` (mce, ce), `lambda_p`,
     `head` (epochs, batch_size, optimizer)."""
 

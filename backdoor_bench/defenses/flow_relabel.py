@@ -1,5 +1,6 @@
-"""Per-class normalizing flows on self-supervised features, then relabeling (seed 004: Sabolic,
-Grubisic, Segvic, ICLR'24 submission / BMVC'24).
+"""Per-class normalizing flows on self-supervised features, then relabeling (Sabolic, Grubisic and
+Segvic, "Mitigating Backdoor Attacks with Generative Modelling and Dataset Relabeling", ICLR'24
+submission / BMVC'24).
 
 1. Features z = f(x): the shared SimCLR backbone's (`ctx.ssl_backbone()`, with `ssl=flows` the
    paper's recipe; `variant=supervised` uses the backdoored model's, Table 3), as the backbone
@@ -359,5 +360,5 @@ class FlowRelabel(Defense):
         return torch.stack(cols, 1)
 
     def _figure(self, ctx: DefenseContext, v, y, mus, flagged) -> None:
-        """Seed 004's Figure 3: per class, the histogram of the maximum foreign log-density v."""
+        """The flows paper's Figure 3: per class, the histogram of the maximum foreign log-density v."""
         ctx.figure("foreign_density", lambda path: foreign_density_histograms(v, y, mus, flagged, path, self.bins))

@@ -1,17 +1,18 @@
-"""Inverse self-paced learning plus boosting (seed 002: "Ensembles of weak learners", Sec. 4-5,
-App. B.1; specs/seed_methods.md C, whose values come from the authors' code).
+"""Inverse self-paced learning plus boosting ("Defending Against Backdoor Attacks Using Ensembles
+of Weak Learners", anonymous ICLR 2022 submission, Sec. 4-5 and App. B.1; where the text leaves a
+value open, the authors' code's).
 
-1. ISPL (Algorithm 2, spec C.2) extracts one homogeneous component of the active pool A: a
+1. ISPL (Algorithm 2) extracts one homogeneous component of the active pool A: a
    learner f (one model, one optimizer, kept across iterations) alternates training on a
    subsample of the current low-loss set and scoring all of A. Losses are smoothed with momentum
    eta; the kept share beta_i anneals from 3 dp to dp; each class keeps at least its beta_i / 8
    lowest. The last trimmed set is the component S; a fresh weak learner g trains on S.
 2. Components are extracted in sequence (A <- A minus S) until `components` are found or A is
-   small; the whole sequence is repeated `runs` times (C.3 item 1).
-3. Boosting vote (Algorithm 1, C.3 item 2): every weak learner predicts every training sample;
+   small; the whole sequence is repeated `runs` times (Algorithm 1).
+3. Boosting vote (Algorithm 1): every weak learner predicts every training sample;
    a sample is kept where the modal vote (ties broken at random) equals its given label and more
    than one learner cast it.
-4. Self-training (App. B.1, C.3 item 3): a model trained on the kept set re-selects, every few
+4. Self-training (App. B.1): a model trained on the kept set re-selects, every few
    epochs, the samples whose labels agree with its predictions, smoothed with momentum 0.8.
 5. The shared retrain on the kept set (no relabeling).
 """
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def ispl_schedule(pool: int, n0: int, p: float) -> tuple[float, list[float]]:
     """(dp, [beta_0 .. beta_{N-1}]) for a pool of `pool` of `n0` samples and target share `p`
-    (spec C.2 items 1 and 3d): dp = min(1, p n0 / pool), N = 2 + clip(floor(1 / dp), 1, 3),
+    (Algorithm 2 and the authors' code): dp = min(1, p n0 / pool), N = 2 + clip(floor(1 / dp), 1, 3),
     beta_i = clip(min(3, max(1, N - 2 - i)) dp, 0, 1)."""
     dp = min(1.0, p * n0 / pool)
     n = 2 + min(3, max(1, math.floor(1 / dp)))
@@ -53,7 +54,7 @@ def trim(m: torch.Tensor, y: torch.Tensor, beta: float, floor: float = 1 / 8) ->
 
 def vote(preds: torch.Tensor, num_classes: int, generator: torch.Generator | None = None):
     """(mode, count) of `preds` [learners, N] per sample; ties are broken uniformly at random
-    (Algorithm 1 / spec C.3 item 2)."""
+    (Algorithm 1)."""
     counts = F.one_hot(preds, num_classes).sum(0).float()  # [N, C]
     jitter = torch.rand(counts.shape, generator=generator)  # < 1: only breaks ties
     mode = (counts + jitter).argmax(1)
@@ -61,7 +62,7 @@ def vote(preds: torch.Tensor, num_classes: int, generator: torch.Generator | Non
 
 
 class _Incremental(Supervised):
-    """A learner trained in several fits with one optimizer (the weak learner f of spec C.2)."""
+    """A learner trained in several fits with one optimizer (the weak learner f of Algorithm 2)."""
 
     def configure_optimizers(self):
         if not hasattr(self, "_optimizers"):
@@ -151,7 +152,7 @@ class ISPL(Defense):
         n0, y = len(ctx.train), ctx.train.y
         g = torch.Generator().manual_seed(seed)
         dp, betas = ispl_schedule(len(pool), n0, self.p)
-        if dp >= 0.999:  # the pool is about one component: take it whole (spec C.2 item 1)
+        if dp >= 0.999:  # the pool is about one component: take it whole (the authors' code)
             core = pool
         else:
             f = _Incremental(
@@ -227,7 +228,7 @@ class ISPL(Defense):
         for r in range(ctx.stage_length(int(s["rounds"]))):
             if not keep.any():
                 break
-            # a fresh optimizer every round (spec C.3 item 3)
+            # a fresh optimizer every round (as the authors' code)
             epochs = ctx.stage_epochs(int(s["epochs"]), int(keep.sum()), self.batch_size, int(s["min_steps"]))
             module = Supervised(model, self.optimizer, epochs, channels_last=ctx.channels_last, log_prefix="ispl_self")
             self._train(ctx, module, keep.nonzero().flatten(), epochs, "ispl_self")

@@ -1,19 +1,19 @@
 """Iterative Trimmed Loss Minimization (Shen and Sanghavi, "Learning with Bad Training Data via
-Iterative Trimmed Loss Minimization", ICML 2019, Algorithm 1 and section 6), a seed 002 baseline
+Iterative Trimmed Loss Minimization", ICML 2019, Algorithm 1 and section 6), a baseline of the ISPL paper
 (its appendix B.1).
 
 Bad samples are fitted later than clean ones, so after a short training they have higher loss.
 Each of `rounds` rounds trains a FRESH model on the current kept set (`first_epochs` in the first
-round, `epochs` after; seed 002 follows the authors' 80 then 40), computes every training
+round, `epochs` after; the ISPL paper follows the authors' 80 then 40), computes every training
 sample's cross-entropy under its given label (the model in eval mode, un-augmented images), and
 keeps the round((1 - `trim`) x N) samples with the lowest loss; the first round trains on all
 samples. The verdict is the last round's kept set, its scores the last round's losses. Then the
 shared retrain on the kept samples.
 
-Seed 002 keeps alpha = 98% at epsilon = 5% of the source class (the authors' setting) and scales
+The ISPL paper keeps alpha = 98% at epsilon = 5% of the source class (the authors' setting) and scales
 alpha linearly with epsilon: 96% at 10%, 92% at 20%, i.e. a trim of `trim_factor` (0.4) x
-`expected_poison_rate` (epsilon; `defense=itlm/seed002` takes it from the attack). The number of
-rounds is not in seed 002; `rounds: 4` is our choice.
+`expected_poison_rate` (epsilon; `defense=itlm/ispl` takes it from the attack). The number of
+rounds is not in the ISPL paper; `rounds: 4` is our choice.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def trimmed_rounds(n: int, rounds: int, keep: int, round_loss: Callable[[torch.T
 
 class ITLM(Defense):
     """Args: `rounds`, `expected_poison_rate` and `trim_factor` (the share removed each round is
-    their product; seed 002: 0.4 x epsilon),
+    their product; the ISPL paper: 0.4 x epsilon),
     `first_epochs` and `epochs` (the first and later rounds' training, under the trainer's
     stage cap)."""
 

@@ -1,4 +1,5 @@
-"""Seed 001's sample-distinguishment (SD) module (Sec. 3.2, App. A.1; specs/seed_methods.md B.1),
+"""The sample-distinguishment (SD) module of Chen, Wu and Wang ("Effective Backdoor Defense by
+Exploiting Sensitivity of Poisoned Samples", NeurIPS 2022, Sec. 3.2 and App. A.1),
 shared by D-ST and D-BR.
 
 1. The sensitivity model: a fresh model trained briefly WITHOUT augmentation (2 epochs, SGD 0.01
@@ -7,7 +8,7 @@ shared by D-ST and D-BR.
 2. FCT (Eq. 1): Delta(x) = ||phi(x) - phi(tau(x))||^2 / d on its penultimate features phi, with
    tau a random rotation (+-180 deg) then a random translation (up to 20% per axis), nearest
    neighbour, black fill. Poisoned samples move far more than clean ones.
-3. The split by rank (specs B.5 item 2): the bottom `clean_ratio` share is the clean split D_c,
+3. The split by rank (the official code's reading of Sec. 3.2): the bottom `clean_ratio` share is the clean split D_c,
    the top `poison_ratio` share the poisoned split D_p, the rest uncertain D_u.
 
 `metric` swaps FCT for the metrics of Fig. 4 (higher = more suspicious for all of them):
@@ -64,7 +65,7 @@ def rotate_then_shift(x: torch.Tensor, degrees: torch.Tensor, shift: torch.Tenso
 def rotate_translate(
     x: torch.Tensor, generator: torch.Generator, degrees: float = 180.0, translate: float = 0.2
 ) -> torch.Tensor:
-    """tau of specs B.1 item 3 on a float batch [N, C, H, W]: RandomRotation(+-`degrees`), then
+    """The transformation tau of App. A.1 on a float batch [N, C, H, W]: RandomRotation(+-`degrees`), then
     RandomAffine(translate=(`translate`, `translate`)): per image an angle uniform in +-`degrees`
     and a shift of round(uniform(+-`translate` x size)) pixels per axis (`rotate_then_shift`)."""
     n, _, h, w = x.shape
@@ -100,7 +101,7 @@ def fct(
 
 
 def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, seed: int = 0) -> torch.Tensor:
-    """int8 [N] groups by rank (specs B.1 item 4 and B.5 item 2): the floor(N x `clean_ratio`)
+    """int8 [N] groups by rank (as the official code ranks): the floor(N x `clean_ratio`)
     lowest scores CLEAN, the floor(N x `poison_ratio`) highest POISONED, the rest UNCERTAIN.
     Ties are broken at random (`seed`), not by index: samples whose features do not move at all
     (FCT exactly 0, e.g. all-zero features) would otherwise fill the clean split in dataset order,
@@ -116,7 +117,7 @@ def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, se
 
 
 class _CentroidSeparation(pl.LightningModule):
-    """The SD model's fine-tune (specs B.1 item 2): minimise `centroid_separation` of the
+    """The SD model's fine-tune (App. A.1, the official code's L_intra): minimise `centroid_separation` of the
     penultimate features; the head gets no gradient. A fresh SGD at the same settings (the code
     resumes step 1's optimizer and cosine, whose lr is then 0.0099 instead of 0.01)."""
 

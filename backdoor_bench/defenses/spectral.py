@@ -1,5 +1,6 @@
 """Spectral Signatures (Tran, Li and Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS
-2018, section 4 and Algorithm 1), a seed 002 baseline (its appendix B.1).
+2018, section 4 and Algorithm 1), a baseline of the ISPL paper
+("Defending Against Backdoor Attacks Using Ensembles of Weak Learners", its appendix B.1).
 
 Poisoned samples leave a trace in the learned representation that is strongest along the top
 singular direction of the class's centred activations. With the backdoored model's activations
@@ -20,10 +21,10 @@ Tran et al. remove 1.5 times it. An all-to-one attack that poisons a share r of 
 of C balanced classes puts about rC / (1 + rC) of the target class under the trigger: half of it
 at r = 10%, C = 10 (the default BadNets and Blended), so the default bound is 0.5 (75% of every
 class removed). A bound below the class's real poisoned share cannot remove the backdoor
-however well the scores rank. Seed 002 (App. B.1) poisons epsilon of ONE SOURCE class, so its
+however well the scores rank. The ISPL paper (App. B.1) poisons epsilon of ONE SOURCE class, so its
 bound is per class by construction, and removes 15% of each class at epsilon = 5% and 10% and
 30% at 20% (its text says "20%" for the first, but its Table 3's counts, e.g. 7381 clean + 120
-poisoned removed = 15% of 50,000, show 15%): `defense=spectral/seed002` sets the rate from the
+poisoned removed = 15% of 50,000, show 15%): `defense=spectral/ispl` sets the rate from the
 attack's epsilon and `min_removal: 0.15`.
 """
 

@@ -1,12 +1,12 @@
-"""Training-set cleansing by kNN label consistency in a SimCLR embedding (seed 000: Wang et al.,
-ICASSP 2023). RECONSTRUCTION: the seed's text stops before its method section, so this follows
-specs/seed_methods.md D.1, a design inferred from the abstract, not the authors' algorithm.
+"""Training-set cleansing by kNN label consistency in a SimCLR embedding (Wang et al.,
+ICASSP 2023). RECONSTRUCTION: the text we have stops before its method section, so this follows a
+design inferred from the abstract and Sec. 2-3.2, not the authors' algorithm.
 
 Embedding (`embedding`): the paper (Sec. 3.2) extracts "the feature vector z from the last layer:
 z = L(E(x))", the projector L's output over the encoder E, and calls L(E(.)) the encoder. So the
 default, `embedding: projector`, runs kNN on the SimCLR projector's output (the shared backbone's
 trained projector, `model.ssl_projector`, in eval mode); `embedding: backbone` on E(x), the
-pre-projector features (specs D.1's reading). The paper's L is linear; the shared SimCLR's is
+pre-projector features (our first reading). The paper's L is linear; the shared SimCLR's is
 DBD's Linear-BN-ReLU-Linear (conf/ssl).
 
 SimCLR ignores labels, so a poisoned image stays near its source class in the embedding while
@@ -20,11 +20,11 @@ its given label is the target: its label disagrees with its neighbours'. Each ro
 Then the shared retrain on the cleansed set.
 
 Class gate (`class_gate`, an explicit option; `outflow` is our addition to the reconstruction,
-not the paper's, and `none` is spec D.1 as written; results.json records the setting and the
+not the paper's, and `none` is the reconstruction as first written; results.json records the setting and the
 classes it opened under `defense_extra`: `class_gate`, `class_threshold`, `gate_opened`,
 `net_outflow`). With `outflow`, even a good embedding
 leaves some clean samples with foreign neighbourhoods (cats among dogs), so steps 1-3 alone would
-relabel a few percent of a clean set. Seed 000's threat model is all-to-one (Sec. 2): the
+relabel a few percent of a clean set. The paper's threat model is all-to-one (Sec. 2): the
 poisoned samples carry the target label but sit among their source classes, so the target class
 sends far more samples to other neighbourhoods than it receives, while confusions between clean
 classes go both ways. Per class c, the net outflow share
