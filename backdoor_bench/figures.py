@@ -67,7 +67,7 @@ def score_histogram(
     scores, poisoned, kept = scores.float()[ok], poisoned.bool()[ok], kept.bool()[ok]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     lo, hi = float(scores.min()), float(scores.max())
-    log_x = lo > 0 and hi / lo > 100  # scores spanning orders of magnitude (e.g. seed 001's FCT)
+    log_x = lo > 0 and hi / lo > 100  # scores spanning orders of magnitude (e.g. D-ST/D-BR's FCT)
     bins = (
         torch.logspace(math.log10(lo), math.log10(hi) + 1e-6, 41) if log_x else torch.linspace(lo, hi + 1e-6, 41)
     ).tolist()
@@ -88,7 +88,7 @@ def score_histogram(
 def foreign_density_histograms(
     v: torch.Tensor, y: torch.Tensor, mus: torch.Tensor, flagged: torch.Tensor, path: Path, bins: int = 30
 ) -> Path:
-    """Seed 004's Figure 3: per class, the maximum foreign log-density of its samples, with the
+    """The flows paper's Figure 3: per class, the maximum foreign log-density of its samples, with the
     valley mu that splits off the outliers; flagged classes in red."""
     classes = sorted(set(y.tolist()))
     cols = min(5, len(classes))

@@ -1,4 +1,4 @@
-"""Fixed metric definitions used by every run (DESIGN.md section 2, Evaluation).
+"""Fixed metric definitions used by every run (see the README's Metrics table).
 
 All values are fractions in [0, 1]; a metric over an empty set is `None` (null in JSON).
 """
@@ -55,7 +55,7 @@ def detection_metrics(
     `precision` = poisoned among flagged; `fp` counts flagged clean samples and `fn` poisoned
     samples left unflagged. `kept_poison_rate` is the poisoned share of the samples kept (e.g. DBD's
     labeled set). `relabel_acc` is the share of relabeled poisoned samples that got
-    back their true class (seed 004, Table 2). With `trusted` (the samples a defense judged
+    back their true class (the flows paper, Table 2). With `trusted` (the samples a defense judged
     surely clean), `trusted_purity` is their clean share and `n_trusted` their number.
     """
     kept, poisoned = kept.bool(), poisoned.bool()
@@ -87,7 +87,8 @@ def detection_metrics(
 def targeted_misclassification_rate(
     pred_clean: torch.Tensor, pred_triggered: torch.Tensor, y: torch.Tensor, source: int, target: int
 ) -> float | None:
-    """Seed 002's TMR over source-class test images: the share predicted as `target` when triggered
-    and as `source` (correctly) when clean (specs/seed_methods.md section 0)."""
+    """The ISPL paper's targeted misclassification rate (TMR, Sec. 3.1, Eq. 7) over
+    source-class test images: the share predicted as `target` when triggered and as `source`
+    (correctly) when clean."""
     m = y == source
     return _mean((pred_triggered[m] == target) & (pred_clean[m] == source))

@@ -1,4 +1,4 @@
-"""Config validation before any data is loaded or any model trained (DESIGN.md section 3).
+"""Config validation before any data is loaded or any model trained.
 
 Every failure is a `ConfigError` whose message names the key to change; `run.py` prints it
 without a traceback.

@@ -5,7 +5,7 @@
     python scripts/report.py outputs/multirun/... --reference backdoorbench/cifar10_preactresnet18 --out report/
 
 Prints rows attack, columns defense x {ACC, ASR} in % (mean over seeds and scenarios; `--agg
-median` for their median, as seed 002 reports its three scenarios); with --reference, the
+median` for their median, as the ISPL paper reports its three scenarios); with --reference, the
 published numbers and ours-minus-paper beside ours. --out writes table.csv, table.tex, runs.csv
 and a bar chart (bars.png).
 """

@@ -1,4 +1,4 @@
-"""Attacks (DESIGN.md section 2, Attacks): one file per attack, one config per file in conf/attack/."""
+"""Attacks: one file per attack, one config per file in conf/attack/."""
 
 from backdoor_bench.attacks.base import Attack, PoisonedSet
 

@@ -1,11 +1,12 @@
 """Adap-Blend (Qi et al., ICLR 2023, "Revisiting the assumption of latent separability"), as
-backdoor-toolbox builds it (specs/toolboxes.md section 2.2).
+backdoor-toolbox builds it (github.com/vtu81/backdoor-toolbox, poison_tool_box/adaptive_blend.py).
 
 Payload samples (trigger, label -> target) and cover samples (trigger, label kept) carry a
 *partial* trigger: the image is cut into a grid of `pieces` equal pieces and, per sample, a fresh
 random `mask_rate` share of the pieces is left out; the rest are blended at `alpha`:
 x' = x + alpha m (p - x). At test time the *full* pattern is blended at the stronger
-`test_alpha`. Rates from seed 004 (Appendix B): poison 1%, cover 1%; opacities from the toolbox
+`test_alpha`. Rates from the flows paper (Sabolic, Grubisic, Segvic, Appendix B): poison 1%,
+cover 1%; opacities from the toolbox
 README: alpha 0.15, test_alpha 0.2. The pattern is Blended's (procedural noise or `pattern_path`;
 the toolbox uses Hello Kitty).
 """

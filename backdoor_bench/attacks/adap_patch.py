@@ -1,5 +1,5 @@
 """Adap-Patch (Qi et al., ICLR 2023, "Revisiting the assumption of latent separability"), as
-backdoor-toolbox builds it (specs/toolboxes.md section 2.2).
+backdoor-toolbox builds it (github.com/vtu81/backdoor-toolbox, poison_tool_box/adaptive_patch.py).
 
 k low-opacity training patches: the payload samples (label -> target) are split into k equal
 consecutive blocks and each block carries one patch; the cover samples (label kept) are split
@@ -7,7 +7,8 @@ the same way. At test time other patches are stamped together at full opacity. T
 patches are image files (phoenix, firefox, BadNets and TrojanNN squares); ours are procedural
 `triggers.Patch` entries with the toolbox's opacities (0.5, 0.2, 0.5, 0.3), and the test set
 stamps a relocated copy of the first patch plus the third, as the toolbox tests with a moved
-phoenix and the BadNets square. Rates from seed 004 (Appendix B): poison 1%, cover 1%.
+phoenix and the BadNets square. Rates from the flows paper (Sabolic, Grubisic, Segvic,
+Appendix B): poison 1%, cover 1%.
 """
 
 from __future__ import annotations

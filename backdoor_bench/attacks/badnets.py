@@ -1,6 +1,7 @@
 """BadNets (Gu et al., 2017): a small patch stamped at a fixed place; all2one or all2all.
 
-Default as BackdoorBench (specs/backdoorbench.md section 3): a 3x3 white square in the
+Default as BackdoorBench (github.com/SCLBD/BackdoorBench, config/attack/badnet/default.yaml and
+resource/badnet/trigger_image.png): a 3x3 white square in the
 bottom-right corner, 10% of the training set, target 0.
 """
 

@@ -1,7 +1,8 @@
-"""Blend-Signal (seed 001, Section 4.1 and Appendix C.3; the Blend of Chen et al., 2017, with a
-signal pattern): x' = (1 - alpha) x + alpha p, p a procedural stripe signal.
+"""Blend-Signal (the "Blend-Strip" of Chen, Wu, Wang, "Effective Backdoor Defense by Exploiting
+Sensitivity of Poisoned Samples", NeurIPS 2022, Section 4.1 and Appendix C.3; the Blend of Chen
+et al., 2017, with a signal pattern): x' = (1 - alpha) x + alpha p, p a procedural stripe signal.
 
-Seed 001's code blends `signal_cifar10_mask.npy` at alpha 0.2 (specs/seed_methods.md B.4). We
+Their official code (utils/dataloader_bd.py) blends `trigger/signal_cifar10_mask.npy` at alpha 0.2. We
 ship no third-party arrays: p is a sinusoidal stripe pattern, p[i, j] = 127.5 (1 + sin(2 pi f j / W))
 (vertical stripes; `orientation: horizontal` turns them), the same in every channel.
 """

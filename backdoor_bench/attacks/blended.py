@@ -1,6 +1,6 @@
 """Blended (Chen et al., 2017): the whole image blended with a pattern, x' = (1-alpha) x + alpha p.
 
-BackdoorBench blends "Hello Kitty" at alpha 0.2 (specs/backdoorbench.md section 3). We ship no
+BackdoorBench blends "Hello Kitty" at alpha 0.2 (config/attack/blended/default.yaml). We ship no
 third-party images: the default pattern is fixed-seed uniform noise, and `pattern_path` takes
 the user's own image.
 """

@@ -1,4 +1,6 @@
-"""Seed 002's dirty-label one-to-one scenarios (specs/seed_methods.md C.5): a few pixels of one
+"""The dirty-label one-to-one scenarios of the ISPL paper ("Defending Against Backdoor Attacks
+Using Ensembles of Weak Learners", anonymous ICLR 2022 submission, Sec. 6 and App. B.2; the
+authors' code, data/cifar10_backdoor.py and data/poison.py): a few pixels of one
 colour stamped on `source`-class images, relabeled to `target`.
 
 The trigger comes from the scenario seed: a shape uniform in {pixel, pattern (an X of 5 pixels:
@@ -6,11 +8,11 @@ centre and 4 diagonal neighbours), ell (3 pixels: centre, below, right)}, a colo
 in [0, 254], and a position (on 32 x 32: pixel in [0, 30]^2, pattern in [1, 29]^2, ell in
 [0, 29]^2; other sizes scale the bounds as H - 2, H - 3). This is OUR generator (torch), not the
 authors' (numpy), so it draws other triggers than theirs from the same seed. `triggers` pins a
-trigger per scenario seed, {scenario_seed: {shape, color, position}} (the seed 002 pair presets
+trigger per scenario seed, {scenario_seed: {shape, color, position}} (the ISPL pair presets
 hold the authors' three, replayed from their generator); a seed it lacks is drawn. `shape`,
 `color` and `position` fix any of them over both. `poison_rate` is a fraction of the source
-class (seed 002: 5, 10 or 20%); the poisoned
-samples are chosen with seed 002's per-scenario seed, scenario_seed + 100 rate + 10 source + target.
+class (the paper: 5, 10 or 20%); the poisoned
+samples are chosen with the authors' per-scenario seed, scenario_seed + 100 rate + 10 source + target.
 ASR and `tmr` (targeted misclassification rate: triggered source images predicted as the target
 while the clean image is predicted as the source) are measured on source-class test images.
 """
@@ -126,7 +128,7 @@ class DirtyLabel(Attack):
         return y == self.source
 
     def poison(self, train, seed):
-        """Seed 002's per-scenario seed, scenario_seed + 100 rate + 10 source + target (plus the run's
+        """The ISPL authors' per-scenario seed, scenario_seed + 100 rate + 10 source + target (plus the run's
         `seed`, 0 by default, so that seed sweeps vary the poisoned samples too)."""
         rate = int(round(100 * float(self.poison_rate)))
         return super().poison(train, self.scenario_seed + rate + 10 * self.source + self.target + seed)

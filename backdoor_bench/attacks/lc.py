@@ -4,10 +4,11 @@ Labels never change. At test time only the trigger is added.
 
 The perturbation: untargeted L-inf PGD on the attacker's clean model (the run's model trained
 on the clean training set; cached and shared through `AttackTools.clean_model`), maximising the
-cross-entropy of the true label from a random start in the eps-ball. Defaults from seed 004's
-Appendix B (Turner et al.): eps 16/255, step 1.5/255, 30 steps, a 3x3 grid (checkerboard) trigger
-in each corner, 25% of the target class (seeds 003 and 004; 2.5% of CIFAR-10). Seed 001's code
-uses eps 8/255, step 2/255, 4 steps (specs/seed_methods.md B.4).
+cross-entropy of the true label from a random start in the eps-ball. Defaults from the flows
+paper's Appendix B (Sabolic, Grubisic, Segvic; after Turner et al.): eps 16/255, step 1.5/255,
+30 steps, a 3x3 grid (checkerboard) trigger in each corner, 25% of the target class (DBD, Huang et
+al., ICLR 2022, and the flows paper; 2.5% of CIFAR-10). D-ST/D-BR's official code (Chen, Wu, Wang,
+NeurIPS 2022; utils/dataloader_bd.py) uses eps 8/255, step 2/255, 4 steps.
 """
 
 from __future__ import annotations

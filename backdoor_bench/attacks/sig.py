@@ -1,8 +1,9 @@
 """SIG (Barni et al., ICIP 2019): a clean-label sinusoidal signal, x' = clip(x + delta sin(2 pi j f / W)).
 
-Only target-class images are poisoned and no label changes. Defaults from seed 001's code
-(specs/seed_methods.md B.4): delta 40 in training, 60 at test, f 6. BackdoorBench uses 40 at
-both (specs/backdoorbench.md section 3). `poison_rate` is a fraction of the target class: 1.0
+Only target-class images are poisoned and no label changes. Defaults from D-ST/D-BR's official
+code (Chen, Wu, Wang, NeurIPS 2022; utils/dataloader_bd.py): delta 40 in training, 60 at test,
+f 6. BackdoorBench uses 40 at both (config/attack/sig/default.yaml). `poison_rate` is a fraction
+of the target class: 1.0
 poisons the whole class, which is BackdoorBench's 10% of CIFAR-10.
 """
 

@@ -1,8 +1,9 @@
 """SSBA / ISSBA (Li et al., ICCV 2021): a sample-specific invisible trigger. A StegaStamp-style
 encoder hides a fixed secret bit string in each poisoned image; the residual differs per image.
 
-Seed 004 (Appendix B) trains the encoder for 20 epochs with a 20-bit secret; BackdoorBench
-loads images pre-encoded with a 1-bit secret (specs/backdoorbench.md section 3). Here the
+The flows paper (Sabolic, Grubisic, Segvic, Appendix B) trains the encoder for 20 epochs with a
+20-bit secret; BackdoorBench loads images pre-encoded with a 1-bit secret
+(config/attack/ssba/default.yaml, resource/ssba/). Here the
 attacker trains a small encoder/decoder pair on the clean training set (cached by config and
 data, so a sweep trains it once): the encoder maps (image, secret) to a residual bounded by
 eps/255 in L-inf (eps * tanh), the decoder reads the secret back; the loss is BCE(decoded bits)

@@ -23,8 +23,9 @@ class Patch:
     """A square patch: `size` pixels at a corner (with `margin`) or at `[row, col]`.
 
     `pattern`: `solid` (every pixel `value`), `checkerboard` (`value` where row+col is even, 0
-    elsewhere), `random` (a fixed colour per pixel from `seed`) or `grid` (seed 001's 3x3
-    `gridTrigger`, rows [0 0 v] [0 v 0] [v 0 v], specs B.4). `alpha` < 1 blends the patch
+    elsewhere), `random` (a fixed colour per pixel from `seed`) or `grid` (the 3x3 `gridTrigger`
+    of D-ST/D-BR's official code, Chen, Wu, Wang, NeurIPS 2022: rows [0 0 v] [0 v 0] [v 0 v]).
+    `alpha` < 1 blends the patch
     into the image instead of replacing the pixels. `key` names the config entry in errors.
     """
 
@@ -46,7 +47,7 @@ class Patch:
                 f"{k}.location={self.location!r} is unknown: use one of {', '.join(CORNERS)} or [row, col]"
             )
         if self.pattern == "grid" and int(self.size) != 3:
-            raise ConfigError(f"{k}.pattern=grid is seed 001's 3x3 trigger: set {k}.size=3")
+            raise ConfigError(f"{k}.pattern=grid is D-ST/D-BR's 3x3 grid trigger: set {k}.size=3")
         if int(self.size) < 1:
             raise ConfigError(f"{k}.size={self.size} must be at least 1")
         if not 0 <= int(self.value) <= 255:

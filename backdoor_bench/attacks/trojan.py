@@ -1,5 +1,5 @@
-"""TrojanNN (Liu et al., NDSS 2018), as a poisoning attack (seed 001's Trojan; BackdoorBench's
-`trojannn`, specs/backdoorbench.md section 3).
+"""TrojanNN (Liu et al., NDSS 2018), as a poisoning attack (the Trojan of Chen, Wu, Wang, NeurIPS
+2022; BackdoorBench's `trojannn`, config/attack/trojannn/preactresnet18.yaml).
 
 1. The attacker trains a clean model (the run's model on the clean training set; cached and
    shared with other attacks through `AttackTools.clean_model`).
@@ -10,8 +10,8 @@
    over `steps` batches (pixels parametrised through a sigmoid to stay in [0, 1]).
 4. The poisoned set stamps the optimised patch (replacing the masked pixels); a fresh model is
    trained on it by the run. BackdoorBench: 2 neurons, value 100; its mask is an apple logo, ours a
-   `size` x `size` square (seed 001 uses a square trigger). The patch replaces the pixels, as in
-   BackdoorBench; seed 001's code adds its trigger array to the image instead.
+   `size` x `size` square (Chen, Wu, Wang use a square trigger). The patch replaces the pixels,
+   as in BackdoorBench; their official code adds its trigger array to the image instead.
 The trigger is cached by the attack config and the surrogate's spec.
 
 Known limitation: on the CIFAR-10 JPEG copy with a width-16 PreActResNet-18 surrogate the

@@ -1,5 +1,6 @@
-"""WaNet (Nguyen & Tran, ICLR 2021) as a poisoning-only attack (seed 003 Section 5.1, seed 004
-Appendix B, following ASD): a fixed smooth warping field moves pixels slightly.
+"""WaNet (Nguyen & Tran, ICLR 2021) as a poisoning-only attack (DBD, Huang et al., ICLR 2022,
+Section 5.1; the flows paper, Appendix B; following ASD): a fixed smooth warping field moves
+pixels slightly.
 
 The field: a random k x k grid of 2-D offsets in [-1, 1], normalised by its mean magnitude,
 upsampled bicubically to H x W, scaled by s / H and added to the identity sampling grid, times

@@ -39,7 +39,8 @@ class CropFlip:
 
 
 class SimCLRViews(torch.nn.Module):
-    """SimCLR's view distribution as batched kornia ops on the device (seed 003 App. A; specs A.2):
+    """SimCLR's view distribution as batched kornia ops on the device (DBD, Huang et al., ICLR 2022,
+    App. A; the official code's SimCLR configs):
     random resized crop (scale 0.2-1, bicubic), flip, colour jitter (0.4, 0.4, 0.4, 0.1) with
     p 0.8, grayscale with p 0.2, Gaussian blur (sigma 0.1-2) with p 0.5.
 

@@ -12,7 +12,7 @@ class DeviceLoader:
 
     The uint8 tensors are moved to `device` once at construction; every epoch shuffles with
     its own generator (seeded, so runs repeat) and augments whole batches there. This replaces a
-    DataLoader with PIL transforms in worker processes (DESIGN.md section 2, Data).
+    DataLoader with PIL transforms in worker processes.
     """
 
     def __init__(

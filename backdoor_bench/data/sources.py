@@ -1,7 +1,7 @@
 """Dataset sources. Each returns `(train, test)` ImageSets of uint8 images.
 
 Sources that need files take `root`; a missing root stops the run with a message naming
-`dataset.root` (DESIGN.md section 3).
+`dataset.root`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """torchvision's ResNet-18 with the CIFAR stem (3x3 first convolution, stride 1, no max-pool),
-as in DBD (seed 003) and most CIFAR backdoor papers."""
+as in DBD (Huang et al., ICLR 2022) and most CIFAR backdoor papers."""
 
 import torchvision
 from torch import nn

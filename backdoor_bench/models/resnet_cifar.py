@@ -1,8 +1,8 @@
 """ResNet-32 for CIFAR (He et al., "Deep Residual Learning for Image Recognition", 2016, section
 4.2): a 3x3 convolution, then 3 stages of 5 basic blocks at `width`, 2 `width` and 4 `width`
 channels (16/32/64 in the paper; stride 2 at the start of stages 2 and 3), global average pooling
-and a linear head: 6n + 2 = 32 layers with n = 5. Seed 002 runs it beside PreActResNet-18
-(specs/seed_methods.md C.4).
+and a linear head: 6n + 2 = 32 layers with n = 5. The ISPL paper ("Defending Against Backdoor
+Attacks Using Ensembles of Weak Learners", Table 4, App. B.1) runs it beside PreActResNet-18.
 
 Shortcuts where the shape changes are 1x1 convolutions with batch norm (the paper's option B),
 not option A's zero-padded identity: 2,752 more parameters (0.467M instead of 0.464M for 10

@@ -1,6 +1,7 @@
 """Activations of a chosen layer, for the feature-space cleansers (Spectral Signatures, Activation
 Clustering). Both papers score the activations of one layer of the backdoored network, and which
-layer works best depends on the architecture (seed 002, appendix B.1), so the layer is a config
+layer works best depends on the architecture (the ISPL paper, "Defending Against Backdoor Attacks
+Using Ensembles of Weak Learners", appendix B.1), so the layer is a config
 value: `None` is `model.features` (the penultimate vector), any other value a submodule name as
 `model.named_modules()` spells it (e.g. `backbone.layer3.1`).
 

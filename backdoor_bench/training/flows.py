@@ -1,4 +1,6 @@
-"""Per-class normalizing flows on feature vectors (seed 004 Sec. 4.3): one RealNVP per class from
+"""Per-class normalizing flows on feature vectors (the flows paper, "Mitigating Backdoor Attacks
+with Generative Modelling and Dataset Relabeling", Sabolic, Grubisic, Segvic, Sec. 4.3): one
+RealNVP per class from
 zuko, two affine coupling modules whose conditioners are Linear -> ReLU -> Linear, fitted by
 maximum likelihood (Eq. 2) with Adam."""
 
@@ -27,7 +29,7 @@ def fit_flow(
     seed: int = 0,
     device="cpu",
 ) -> list[float]:
-    """Minimise the mean negative log-likelihood of `z` under `flow` on `device` (seed 004 Eq. 2,
+    """Minimise the mean negative log-likelihood of `z` under `flow` on `device` (the flows paper, Eq. 2,
     Sec. 5.1: Adam lr 1e-3, betas (0.9, 0.99), batch 16, 50 epochs). Returns the mean NLL per
     epoch; the flow is left on `device`."""
     g = torch.Generator().manual_seed(seed)

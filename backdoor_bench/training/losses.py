@@ -31,8 +31,9 @@ def _rce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def sce(
     logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 0.1, beta: float = 1.0
 ) -> torch.Tensor:
-    """Symmetric cross-entropy, alpha * CE + beta * RCE (seed 003 Eq. 6; DBD's code clamps the
-    softmax to [1e-7, 1] inside RCE). DBD: alpha 0.1, beta 1."""
+    """Symmetric cross-entropy, alpha * CE + beta * RCE (Wang et al., ICCV 2019; DBD, Huang et al.,
+    ICLR 2022, App. I Eq. 6; DBD's code, model/loss.py, clamps the softmax to [1e-7, 1] inside RCE).
+    DBD: alpha 0.1, beta 1."""
     p = F.softmax(logits.float(), 1).clamp(1e-7, 1.0)
     loss = alpha * F.cross_entropy(logits.float(), y, reduction="none") + beta * _rce(p, y)
     return _reduce(loss, reduction)
@@ -40,7 +41,7 @@ def sce(
 
 def gce(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", q: float = 0.7) -> torch.Tensor:
     """Generalized cross-entropy (1 - p_y^q) / q (Zhang & Sabuncu 2018; their default q = 0.7);
-    seed 003 Table 26."""
+    DBD (Huang et al., ICLR 2022) Table 26."""
     p_y = F.softmax(logits.float(), 1).gather(1, y[:, None]).squeeze(1).clamp_min(1e-7)
     return _reduce((1 - p_y**q) / q, reduction)
 
@@ -49,7 +50,7 @@ def apl(
     logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", alpha: float = 1.0, beta: float = 1.0
 ) -> torch.Tensor:
     """Active-passive loss NCE + RCE (Ma et al. 2020; alpha = beta = 1 is their CIFAR-10 setting):
-    NCE = -log p_y / sum_k -log p_k; seed 003 Table 26."""
+    NCE = -log p_y / sum_k -log p_k; DBD (Huang et al., ICLR 2022) Table 26."""
     logp = F.log_softmax(logits.float(), 1)
     nce = logp.gather(1, y[:, None]).squeeze(1) / logp.sum(1)
     p = logp.exp().clamp(1e-7, 1.0)
@@ -57,11 +58,12 @@ def apl(
 
 
 def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.5, symmetric: bool = False) -> torch.Tensor:
-    """SimCLR's NT-Xent (seed 003 Eq. 5) for two views `u`, `v` [B, D] of the same B images.
+    """SimCLR's NT-Xent (Chen et al., ICML 2020, Eq. 1; DBD, Huang et al., ICLR 2022, App. I Eq. 5) for
+    two views `u`, `v` [B, D] of the same B images.
 
     Each anchor's positive is its other view; the negatives are the other 2B - 2 embeddings.
-    `symmetric=False` is DBD's code: only the first views are anchors (half the usual loss's
-    terms, specs A.3); `symmetric=True` averages over all 2B anchors as in SimCLR's paper.
+    `symmetric=False` is DBD's official code: only the first views are anchors (half the usual
+    loss's terms); `symmetric=True` averages over all 2B anchors as in SimCLR's paper.
     """
     z = F.normalize(torch.cat([u, v]).float(), dim=1)
     b = len(u)
@@ -75,8 +77,8 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.5, symmetri
 def lga(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", gamma: float = 0.5) -> torch.Tensor:
     """ABL's local gradient ascent, sign(CE - gamma) * CE (Li et al. 2021, Eq. 3; gamma 0.5): a loss
     under gamma is pushed back up, so only the easily learned (poisoned) samples stay low. As ABL's
-    code, `mean` applies the sign to the batch's mean CE; `none` and `sum` per sample. Seed 001
-    Fig. 4 ranks samples with a model trained on it."""
+    code, `mean` applies the sign to the batch's mean CE; `none` and `sum` per sample. D-BR's
+    paper (Chen, Wu, Wang, NeurIPS 2022) Fig. 4 ranks samples with a model trained on it."""
     ce = F.cross_entropy(logits.float(), y, reduction="none")
     if reduction == "mean":
         m = ce.mean()
@@ -85,9 +87,10 @@ def lga(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean", gamma: f
 
 
 def centroid_separation(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Seed 001's SD fine-tune loss ("L_intra", specs B.1 item 2, as coded): the mean of all K'^2
-    entries of the cosine-similarity matrix of the batch's K' class centroids (by given label),
-    its diagonal zeroed. Minimising it pushes the class centroids apart."""
+    """The SD module's fine-tune loss (Chen, Wu, Wang, NeurIPS 2022, App. A.1; "L_intra" in their
+    official README), as their official code computes it: the mean of all K'^2 entries of the cosine-similarity matrix of the
+    batch's K' class centroids (by given label), its diagonal zeroed. Minimising it pushes the
+    class centroids apart."""
     classes = y.unique()
     mu = torch.stack([f[y == c].float().mean(0) for c in classes])
     mu = F.normalize(mu, dim=1)
@@ -99,8 +102,9 @@ def contrastive_positives(y: torch.Tensor, supervised: torch.Tensor, clean_pos_o
     """bool [2B, 2B] positive mask for 2B rows (view 1 of samples 0..B-1, then view 2).
 
     An anchor whose sample is `supervised` takes every other row with the same given label
-    (SupCon); any other anchor takes only its sample's other view (SimCLR). Seed 001's code lets a
-    supervised anchor's positives include unsupervised rows of its label (specs B.5 item 3);
+    (SupCon); any other anchor takes only its sample's other view (SimCLR). D-ST's official code
+    (Chen, Wu, Wang, NeurIPS 2022; ST/losses.py, `SupConLoss_Consistency`) lets a supervised
+    anchor's positives include unsupervised rows of its label, which masks rows only;
     `clean_pos_only` keeps only supervised rows (and the anchor's own other view)."""
     b = len(y)
     yy, sup = torch.cat([y, y]), torch.cat([supervised, supervised]).bool()
@@ -119,7 +123,8 @@ def sup_con(
     """SupCon over 2B L2-normalised rows `z` with a positive mask (Khosla et al. 2020, Eq. 2 as
     SupContrast codes it): for anchor i, -(tau / tau_base) * mean over its positives p of
     log[exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau)], averaged over all anchors. With
-    `contrastive_positives` it is seed 001's SS-CTL (Eq. 2; specs B.2), CTL or S-CTL."""
+    `contrastive_positives` it is D-ST's SS-CTL (Chen, Wu, Wang, NeurIPS 2022, Sec. 3.3, Eq. 2),
+    CTL or S-CTL."""
     z = F.normalize(z.float(), dim=1)
     n = len(z)
     logits = (z @ z.T / temperature).masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
@@ -132,8 +137,9 @@ def sup_con(
 def mixed_cross_entropy(
     logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor, lambda_p: float = 0.001
 ) -> torch.Tensor:
-    """Seed 001's MCE (Eq. 3): CE averaged over the batch's clean-split samples minus lambda_p x CE
-    averaged over its poisoned-split samples; a part without samples contributes 0 (specs B.5 item 4)."""
+    """D-ST's mixed cross-entropy (Chen, Wu, Wang, NeurIPS 2022, Sec. 3.3, Eq. 3): CE averaged over
+    the batch's clean-split samples minus lambda_p x CE averaged over its poisoned-split samples. A
+    part without samples contributes 0 (our choice: the official code's empty mean is NaN)."""
     ce = F.cross_entropy(logits.float(), y, reduction="none")
     p = poisoned.bool()
     clean = ce[~p].mean() if (~p).any() else ce.sum() * 0

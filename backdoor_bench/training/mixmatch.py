@@ -1,5 +1,6 @@
-"""MixMatch (Berthelot et al. 2019) as DBD's third stage uses it (seed 003 Sec. 4.5, App. I
-Eqs. 7-9; specs A.2-A.3): sharpened label guessing over K augmentations, MixUp of labeled and
+"""MixMatch (Berthelot et al. 2019) as DBD's third stage uses it (Huang et al., ICLR 2022,
+Sec. 4.5, App. I Eqs. 7-9; the official code's utils/trainer/semi.py): sharpened label guessing
+over K augmentations, MixUp of labeled and
 unlabeled batches, L = L_x + lambda_u(t) * L_u with a linear ramp-up of lambda_u.
 
 The labeled/unlabeled split may change every epoch: `SemiLoader` asks its `split()` callable
@@ -37,14 +38,16 @@ def mixmatch_loss(
     logits_x: torch.Tensor, targets_x: torch.Tensor, logits_u: torch.Tensor, targets_u: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_x: soft-target cross-entropy on the mixed labeled part; L_u: squared error between
-    softmax and guessed targets, averaged over samples and classes (seed 003 Eqs. 7-8)."""
+    softmax and guessed targets, averaged over samples and classes (DBD, Huang et al., ICLR 2022,
+    App. I Eqs. 7-8)."""
     lx = -(targets_x * F.log_softmax(logits_x.float(), 1)).sum(1).mean()
     lu = ((F.softmax(logits_u.float(), 1) - targets_u) ** 2).mean()
     return lx, lu
 
 
 def linear_rampup(t: float, length: float) -> float:
-    """clip(t / length, 0, 1); `t` counts epochs, fractions included (specs A.2)."""
+    """clip(t / length, 0, 1); `t` counts epochs, fractions included (DBD's official code ramps
+    lambda_u over the global epoch plus the iteration's fraction)."""
     return 1.0 if length <= 0 else float(min(max(t / length, 0.0), 1.0))
 
 

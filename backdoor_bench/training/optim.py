@@ -13,7 +13,8 @@ def configure_optimizers(params, optim: dict, max_epochs: int):
     """SGD or Adam (optional `betas`, torch's (0.9, 0.999) by default) with a per-epoch cosine
     (T_max = the run's epochs, not a hard-coded 100), step or constant schedule. The cosine takes two optional keys: `eta_min_factor` (the floor,
     as a share of lr) and `warmup_epochs` (a linear ramp from `warmup_from` to the cosine's value
-    at the warm-up's end; SupContrast's recipe, seed 001's encoder)."""
+    at the warm-up's end; SupContrast's recipe, used by D-ST's encoder in the official code of
+    Chen, Wu, Wang, NeurIPS 2022)."""
     name, lr, wd = (
         optim.get("name", "sgd"),
         float(optim["lr"]),

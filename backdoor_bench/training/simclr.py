@@ -1,4 +1,5 @@
-"""SimCLR (Chen et al. 2020) as DBD trains it (seed 003 Sec. 4.3 and App. A/I; specs A.1-A.3).
+"""SimCLR (Chen et al. 2020) as DBD trains it (Huang, Li, Wu, Qin, Ren, ICLR 2022, Sec. 4.3 and
+App. A/I; the official code's simclr.py and config/defense/simclr/).
 
 The backbone is any model's `features`; a projector MLP maps features to the contrastive space,
 and NT-Xent pulls two augmented views of the same image together. The projector is thrown away
@@ -17,8 +18,9 @@ from backdoor_bench.training.optim import configure_optimizers
 
 
 def projector(dim: int, out_dim: int = 128, batch_norm: bool = True) -> nn.Module:
-    """Linear(d, d) -> BatchNorm -> ReLU -> Linear(d, out) (DBD's projector; specs A.2); without
-    `batch_norm`, SupContrast's (seed 001's encoder; specs B.2)."""
+    """Linear(d, d) -> BatchNorm -> ReLU -> Linear(d, out) (DBD's projector in its official code);
+    without `batch_norm`, SupContrast's (D-ST's encoder, Chen, Wu, Wang, NeurIPS 2022: the official
+    code's ST/networks/resnet_big.py)."""
     norm = [nn.BatchNorm1d(dim)] if batch_norm else []
     return nn.Sequential(nn.Linear(dim, dim), *norm, nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
 
@@ -28,9 +30,9 @@ class SimCLR(pl.LightningModule):
 
     `optim` follows `trainer.optimizer`'s keys; `schedule_epochs` is the cosine schedule's length,
     which may exceed the epochs trained (DBD's released backbones stop at epoch 100 of a
-    1000-epoch schedule; specs A.5 item 1). `loss_fn(z, batch)`, when given, replaces NT-Xent: it
-    gets the 2B projected rows (all first views, then all second views) and the batch (labels and
-    extras), e.g. seed 001's SS-CTL.
+    1000-epoch schedule: its fine-tuning configs load epoch100.pt). `loss_fn(z, batch)`, when
+    given, replaces NT-Xent: it gets the 2B projected rows (all first views, then all second views)
+    and the batch (labels and extras), e.g. D-ST's SS-CTL.
     """
 
     def __init__(

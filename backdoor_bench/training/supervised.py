@@ -1,4 +1,4 @@
-"""Supervised training of a classifier with a pluggable loss (DESIGN.md section 2, Training)."""
+"""Supervised training of a classifier with a pluggable loss."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class Supervised(pl.LightningModule):
 
     `loss_args` binds the loss's hyperparameters (e.g. SCE's alpha, beta). `head_only` trains the
     linear head on features computed without gradients, with the model in train mode, so the
-    backbone's BatchNorm statistics still follow the data (DBD's warm-up, specs A.5 item 4).
+    backbone's BatchNorm statistics still follow the data (DBD's warm-up as its official code runs
+    it: the backbone is frozen only by the no-grad feature pass, so its BatchNorm keeps updating).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Seed 002's baselines (spectral, ac, itlm) end to end through run.py at trainer=tiny, on its
+"""The ISPL paper's baselines (spectral, ac, itlm) end to end through run.py at trainer=tiny, on its
 dirty-label scenario."""
 
 import json

@@ -1,4 +1,4 @@
-"""D-ST and D-BR (seed 001) end to end through run.py at trainer=tiny, and its three paper tables:
+"""D-ST and D-BR (Chen, Wu, Wang, NeurIPS 2022) end to end through run.py at trainer=tiny, and its three paper tables:
 every sweep value composes, the references are well-formed, and a slice of each runs and reports."""
 
 import json
@@ -130,7 +130,7 @@ def test_reference_csvs_are_well_formed(table):
     ],
 )
 def test_table_slice_runs_at_tiny_scale_and_reports(run_cli, table, attacks, defenses):
-    """A slice of each table on digits (the 8x8 images fit seed 001's triggers except all2all's square at 28)."""
+    """A slice of each table on digits (the 8x8 images fit the paper's triggers except all2all's square at 28)."""
     p = run_cli(
         f"experiment={table}",
         f"attack={attacks}",

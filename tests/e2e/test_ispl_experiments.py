@@ -1,4 +1,4 @@
-"""Seed 002's experiments (conf/experiment/ispl/): every sweep value composes, the Table 1 presets
+"""The ISPL paper's experiments (conf/experiment/ispl/): every sweep value composes, the Table 1 presets
 put their pixel where the paper says, the reference CSVs are well-formed, and a two-rate,
 two-defense slice of ispl/table1 runs at tiny scale and reports against the paper."""
 

@@ -13,8 +13,8 @@ def results(p):
     return json.loads((p.out_dir / "results.json").read_text())
 
 
-# seed 002's pair presets differ only in source, target and trigger: two of them run here (the
-# config tests compose them all); seed 001's all2all square sits at rows/cols 28-30, off 8x8 digits
+# the ISPL paper's pair presets differ only in source, target and trigger: two of them run here (the
+# config tests compose them all); D-ST's all2all square sits at rows/cols 28-30, off 8x8 digits
 # (tests/e2e/test_dst.py stamps it on 32x32 images)
 E2E_ATTACKS = [a for a in group_members("attack") if not a.startswith("ispl/") and a != "dst/badnets_all2all"] + [
     "ispl/dirty_label_0to2",

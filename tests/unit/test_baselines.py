@@ -1,4 +1,4 @@
-"""Seed 002's baselines on hand-made features: Spectral Signatures and Activation Clustering recover
+"""The ISPL paper's baselines on hand-made features: Spectral Signatures and Activation Clustering recover
 a planted cluster exactly, ITLM keeps exact counts; ResNet-32 and the layer-feature hook."""
 
 import pytest

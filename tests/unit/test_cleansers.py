@@ -1,5 +1,6 @@
-"""The self-supervised-feature cleansers: kNN label consistency (seed 000, reconstruction) and
-per-class flows (seed 004), on hand-made features."""
+"""The self-supervised-feature cleansers: kNN label consistency (a reconstruction of the kNN
+SSL-embedding cleansing paper, Wang et al., ICASSP'23) and per-class flows (the flows paper,
+Sabolic, Grubisic, Segvic), on hand-made features."""
 
 import math
 
@@ -222,7 +223,7 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
         assert out.extra["embedding"] == "projector" and out.extra["embedding_dim"] == 10
         changed = ~out.verdict.kept | (out.verdict.labels != given)
         if poison:
-            hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (spec D.1's known risk)
+            hit = changed[60:80]  # a few poisoned samples have poisoned neighbours (a known risk of kNN cleansing)
             assert hit.sum() >= 18 and (out.verdict.labels[60:80][hit] == 1).all()  # back to the source
             assert changed.sum() <= 20 + 6
         else:

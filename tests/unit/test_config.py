@@ -46,7 +46,7 @@ def test_models_expose_features_and_head(compose, name):
 def test_attacks_instantiate_and_trigger_uint8(compose, name):
     cfg = compose(f"attack={name}")
     attack = instantiate(cfg.attack, num_classes=10)
-    attack.check(10, (1, 32, 32))  # CIFAR-sized: seed 002's presets pin pixel positions up to row 27
+    attack.check(10, (1, 32, 32))  # CIFAR-sized: the ISPL presets pin pixel positions up to row 27
     x = torch.randint(0, 255, (3, 1, 32, 32), dtype=torch.uint8)
     try:
         out = attack.apply(x)

@@ -1,4 +1,4 @@
-"""Seed 001's pieces on small tensors: tau, FCT, the rank split, the SD fine-tune loss, SS-CTL,
+"""D-ST/D-BR's pieces (Chen, Wu, Wang, NeurIPS 2022) on small tensors: tau, FCT, the rank split, the SD fine-tune loss, SS-CTL,
 MCE, D-BR's step directions, the grid trigger and the encoder's warm-up schedule."""
 
 import math
@@ -111,7 +111,8 @@ def test_centroid_separation_exact():
 
 
 def direct_ss_ctl(z, y, supervised, t=0.1, tb=0.07, clean_pos_only=False):
-    """SS-CTL by loops: specs B.2's formula."""
+    """SS-CTL by loops: Eq. 2 of Chen, Wu, Wang (NeurIPS 2022) as their official code computes it
+    (ST/losses.py, `SupConLoss_Consistency`)."""
     z = F.normalize(z, dim=1)
     b = len(y)
     total = 0.0

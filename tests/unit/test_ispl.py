@@ -1,4 +1,6 @@
-"""ISPL + boosting (seed 002, spec C): the schedule arithmetic, trimming and the vote."""
+"""ISPL + boosting (the ISPL paper, "Defending Against Backdoor Attacks Using Ensembles of Weak
+Learners", Sec. 5 and App. B.1, as the authors' code computes it): the schedule arithmetic,
+trimming and the vote."""
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ from backdoor_bench.defenses.ispl import ISPL, ispl_schedule, trim, vote
 from backdoor_bench.errors import ConfigError
 
 
-def test_schedule_matches_the_specs_worked_values():
+def test_schedule_matches_the_authors_code_worked_values():
     dp, betas = ispl_schedule(50000, 50000, 0.12)  # the first component: N = 5, 3dp, 2dp, dp, dp, dp
     assert dp == pytest.approx(0.12)
     assert betas == pytest.approx([0.36, 0.24, 0.12, 0.12, 0.12])

@@ -1,4 +1,5 @@
-"""Exact values of every loss on small tensors (seed 003 Eqs. 5-9 and Table 26)."""
+"""Exact values of the classification and SimCLR losses on small tensors (DBD, Huang et al., ICLR
+2022, App. I Eqs. 5-6 and Table 26)."""
 
 import math
 

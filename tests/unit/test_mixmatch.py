@@ -1,4 +1,5 @@
-"""MixMatch pieces (seed 003 App. I Eqs. 7-9; specs A.2-A.3): exact values and the loader."""
+"""MixMatch pieces (DBD, Huang et al., ICLR 2022, App. I Eqs. 7-9, and its official code's
+utils/trainer/semi.py): exact values and the loader."""
 
 import pytest
 import torch
