@@ -1,4 +1,4 @@
-"""Datasets as whole uint8 tensors (DESIGN.md section 2, Data)."""
+"""Datasets as whole uint8 tensors (see docs/architecture.md)."""
 
 from backdoor_bench.data.imageset import ImageSet, load_dataset
 

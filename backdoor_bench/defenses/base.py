@@ -60,6 +60,11 @@ class Outcome:
     extra: dict = field(default_factory=dict)  # JSON-able figures a defense wants in results.json
 
 
+def no_augmentation(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """The augmentation of a dataset that has none: the batch as it is."""
+    return x
+
+
 class DefenseContext:
     """What a defense gets: the poisoned training set (images and given labels only), the
     trusted clean subset when the defense declares `needs_clean`, and the run's shared, cached
@@ -68,13 +73,15 @@ class DefenseContext:
 
     Attributes: `train` (the poisoned training set), `clean` (ImageSet or None), `seed`, `device`
     (where to score or embed samples), `augment` (the dataset's batched training augmentation,
-    `augment(uint8 batch, generator)`, or None), `channels_last` (for Lightning modules).
+    `augment(uint8 batch, generator)`; the identity for a dataset without one), `channels_last`
+    (for Lightning modules).
     """
 
     def __init__(self, runner, train: ImageSet, clean: ImageSet | None = None, out_dir: Path | None = None):
         self.train, self.clean = train, clean
         self.seed, self.device = runner.seed, runner.device
-        self.augment, self.channels_last = runner.augment, runner.channels_last
+        self.augment = runner.augment if runner.augment is not None else no_augmentation
+        self.channels_last = runner.channels_last
         self._runner, self._out_dir = runner, out_dir
 
     # -- models ---------------------------------------------------------------------------------

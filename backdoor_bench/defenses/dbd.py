@@ -21,6 +21,7 @@ import torch
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import per_sample_loss
+from backdoor_bench.training.isolation import lowest_share
 from backdoor_bench.training.losses import LOSSES, get_loss
 from backdoor_bench.training.mixmatch import MixMatch, SemiLoader
 from backdoor_bench.training.supervised import Supervised
@@ -32,10 +33,7 @@ VARIANTS = ("full", "no_ssl", "ss_ce", "ss_sce", "ss_sce_tune")
 
 def high_credible(losses: torch.Tensor, epsilon: float) -> torch.Tensor:
     """bool mask of the `epsilon` share of samples with the smallest loss (Sec. 4.4; ties by index)."""
-    n = int(round(epsilon * len(losses)))
-    keep = torch.zeros(len(losses), dtype=torch.bool)
-    keep[torch.sort(losses, stable=True).indices[:n]] = True
-    return keep
+    return lowest_share(losses, epsilon)
 
 
 class DBD(Defense):

@@ -137,7 +137,7 @@ class ISPL(Defense):
 
     def _views(self, ctx: DefenseContext, seed: int):
         """The transform scoring and voting see: one augmented view per sample, or the image."""
-        if not self.augmented_views or ctx.augment is None:
+        if not self.augmented_views:
             return None
         g = torch.Generator(device=ctx.device).manual_seed(seed)
         return lambda xb: ctx.augment(xb, g)
