@@ -20,6 +20,7 @@ import torch
 
 from backdoor_bench.data import ImageSet
 from backdoor_bench.errors import ConfigError
+from backdoor_bench.training.supervised import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,29 @@ class DefenseContext:
         data = verdict.cleansed(self.train)
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
         return self.train_model(data, "retrain")
+
+    def finetune(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        epochs: int,
+        *,
+        data: ImageSet | None = None,
+        optimizer: dict | None = None,
+        batch_size: int | None = None,
+        loss: str = "ce",
+    ) -> torch.nn.Module:
+        """Fine-tune `model` in place with `loss` on `data` (default: the trusted clean subset) and
+        the dataset's augmentation, for `epochs` under the stage caps (timed as `train/<name>`);
+        `optimizer`: a config like `trainer.optimizer` (default: the trainer's). Returns `model`."""
+        data = self.clean if data is None else data
+        if data is None:
+            raise RuntimeError(f"{name}: fine-tuning needs the trusted clean subset: set needs_clean = True")
+        epochs = self.stage_length(epochs)
+        optim = dict(optimizer) if optimizer is not None else dict(self._runner.cfg.trainer.optimizer)
+        module = Supervised(model, optim, epochs, loss=loss, channels_last=self.channels_last, log_prefix=name)
+        self.fit(name, module, data, epochs, batch_size=batch_size)
+        return model
 
     # -- stages ---------------------------------------------------------------------------------
     def stage_length(self, n: int, kind: str = "epochs") -> int:
