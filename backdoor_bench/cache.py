@@ -161,13 +161,14 @@ class ArtifactCache:
         entry = self.entry(kind, spec)
         with self._lock(entry):
             payload = self.load(kind, spec)
+            name = spec.get("artifact", kind)  # a defense's or attack's artifact goes by its own name
             if payload is not None:
-                log.info("cache: reused %s %s from %s", kind, entry.name, entry)
-                self.events.append({"kind": kind, "key": entry.name, "reused": True})
+                log.info("cache: reused %s %s from %s", name, entry.name, entry)
+                self.events.append({"kind": name, "key": entry.name, "reused": True})
                 return payload
-            log.info("cache: building %s %s", kind, entry.name)
+            log.info("cache: building %s %s", name, entry.name)
             payload = build()
             self.store(kind, spec, payload)
-            log.info("cache: stored %s %s in %s", kind, entry.name, entry)
-            self.events.append({"kind": kind, "key": entry.name, "reused": False})
+            log.info("cache: stored %s %s in %s", name, entry.name, entry)
+            self.events.append({"kind": name, "key": entry.name, "reused": False})
             return payload

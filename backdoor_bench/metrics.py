@@ -92,3 +92,35 @@ def targeted_misclassification_rate(
     (correctly) when clean."""
     m = y == source
     return _mean((pred_triggered[m] == target) & (pred_clean[m] == source))
+
+
+def input_detection_metrics(
+    scores_clean: torch.Tensor, scores_triggered: torch.Tensor, threshold: float, hit: torch.Tensor
+) -> dict:
+    """How well an input-level detector (e.g. STRIP) screens test inputs.
+
+    `scores_clean`: suspicion of every clean test input; `scores_triggered`: of the triggered test
+    inputs that enter ASR; an input is flagged when its score exceeds `threshold`. `hit`: bool, per
+    triggered input, whether the model predicts the attacker's target. Returns `tpr` (triggered
+    inputs flagged), `fpr` (clean inputs flagged), `auroc` (triggered vs clean, ties counted half),
+    `asr_passed` (ASR among the triggered inputs not flagged: what the attacker still gets) and the
+    counts.
+    """
+    flag_c, flag_t = scores_clean > threshold, scores_triggered > threshold
+    sc, st = scores_clean.double(), scores_triggered.double()
+    auroc = None
+    if len(sc) and len(st):  # P(score_triggered > score_clean) + 0.5 P(equal)
+        from sklearn.metrics import roc_auc_score
+
+        labels = torch.cat([torch.zeros(len(sc)), torch.ones(len(st))]).numpy()
+        auroc = float(roc_auc_score(labels, torch.cat([sc, st]).numpy()))
+    passed = ~flag_t
+    return {
+        "tpr": _mean(flag_t),
+        "fpr": _mean(flag_c),
+        "auroc": auroc,
+        "asr_passed": _mean(hit.bool()[passed]),
+        "n_clean": len(sc),
+        "n_triggered": len(st),
+        "n_passed": int(passed.sum()),
+    }

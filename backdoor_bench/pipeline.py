@@ -19,7 +19,7 @@ from backdoor_bench.cache import atomic_write_json
 from backdoor_bench.data.imageset import ImageSet
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, trusted_clean_subset
 from backdoor_bench.figures import score_histogram, trigger_gallery
-from backdoor_bench.metrics import attack_metrics, detection_metrics
+from backdoor_bench.metrics import attack_metrics, detection_metrics, input_detection_metrics
 from backdoor_bench.results import close_logger, log_final, make_logger, versions
 from backdoor_bench.runner import Runner
 from backdoor_bench.training.fit import predict
@@ -50,10 +50,11 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
         outcome = defense.run(ctx)
     with runner.timed("evaluate"):
         triggered = attack.apply(test.x)
-        metrics, detection = evaluate(runner, attack, outcome, poisoned, test, triggered)
+        metrics, detection, input_detection = evaluate(runner, attack, outcome, poisoned, test, triggered)
     results = {
         "metrics": metrics,
         "detection": detection,
+        "input_detection": input_detection,
         "defense_extra": outcome.extra or None,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "timing": {**runner.timings, "total": round(sum(v for k, v in runner.timings.items() if "/" not in k), 3)},
@@ -105,11 +106,13 @@ def defense_context(runner: Runner, defense: Defense, poisoned: PoisonedSet, cle
 
 
 def evaluate(runner: Runner, attack: Attack, outcome: Outcome, poisoned: PoisonedSet, test: ImageSet, triggered):
-    """ACC, ASR (and the attack's extra metrics) on the test set; the verdict's detection rates."""
+    """ACC, ASR (and the attack's extra metrics) on the test set, through the outcome's input
+    transformation if it has one; the verdict's detection rates; an input detector's rates."""
     kw = {
         "batch_size": runner.cfg.trainer.eval_batch_size,
         "device": runner.device,
         "bf16": str(runner.cfg.trainer.precision).startswith("bf16"),
+        "transform": outcome.input_transform,
     }
     pred_clean, pred_triggered = predict(outcome.model, test.x, **kw), predict(outcome.model, triggered, **kw)
     metrics = {
@@ -120,7 +123,13 @@ def evaluate(runner: Runner, attack: Attack, outcome: Outcome, poisoned: Poisone
     if outcome.verdict is not None:
         v = outcome.verdict
         detection = detection_metrics(v.kept, v.labels, poisoned.train.y, poisoned.poisoned, poisoned.y_true, v.trusted)
-    return metrics, detection
+    input_detection = None
+    if outcome.input_detector is not None:
+        d, m = outcome.input_detector, attack.asr_mask(test.y).bool()
+        hit = pred_triggered[m] == attack.target_label(test.y)[m]
+        input_detection = input_detection_metrics(d.scores(test.x), d.scores(triggered[m]), d.threshold, hit)
+        log.info("input detection: %s", " ".join(f"{k}={v}" for k, v in input_detection.items()))
+    return metrics, detection, input_detection
 
 
 def figures(attack, defense, outcome: Outcome, poisoned: PoisonedSet, test: ImageSet, triggered, out_dir) -> dict:

@@ -54,11 +54,18 @@ class Verdict:
 
 @dataclass
 class Outcome:
-    """The final model and, for defenses that judge samples, their `Verdict`."""
+    """The final model and, for defenses that judge samples, their `Verdict`.
+
+    `input_transform`: a uint8 -> uint8 batch transformation applied to every input the model is
+    fed from then on (a test-time defense, e.g. ShrinkPad). `input_detector`: an object with
+    `scores(x)` (higher = more suspicious) and `threshold` that screens test inputs (e.g. STRIP);
+    the evaluator reports it in its own `input_detection` section."""
 
     model: torch.nn.Module
     verdict: Verdict | None = None
     extra: dict = field(default_factory=dict)  # JSON-able figures a defense wants in results.json
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    input_detector: object | None = None
 
 
 def no_augmentation(x: torch.Tensor, generator=None) -> torch.Tensor:

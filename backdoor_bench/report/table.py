@@ -22,8 +22,24 @@ METRIC_NAMES = {
     "kept_poison_rate": "KeptP",
     "fp": "FP",
     "fn": "FN",
+    # an input-level detector (STRIP) on test inputs: its own section of results.json
+    "input_tpr": "In-TPR",
+    "input_fpr": "In-FPR",
+    "input_auroc": "In-AUROC",
+    "input_asr_passed": "ASR-pass",
 }
-COUNTS = {"tp", "fp", "fn", "n_flagged", "n_removed", "n_relabeled", "n_trusted"}  # reported as they are, not in %
+COUNTS = {
+    "tp",
+    "fp",
+    "fn",
+    "n_flagged",
+    "n_removed",
+    "n_relabeled",
+    "n_trusted",
+    "input_n_clean",
+    "input_n_triggered",
+    "input_n_passed",
+}  # reported as they are, not in %
 
 
 def _model_name(cfg: dict) -> str:
@@ -63,6 +79,7 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             }
             row.update(r.get("metrics", {}))
             row.update({k: v for k, v in (r.get("detection") or {}).items()})
+            row.update({f"input_{k}": v for k, v in (r.get("input_detection") or {}).items()})
             rows.append(row)
         for path in sorted(d.rglob("error.json")):
             errors.append({"run": str(path.parent), **json.loads(path.read_text())})

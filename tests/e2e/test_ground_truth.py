@@ -17,12 +17,12 @@ def test_a_cheating_defense_finds_no_ground_truth(tmp_path):
         "defense.name=cheater",
         "defense.clean_fraction=0.05",
         "attack=blended",
-        "attack.alpha=0.123",
+        "attack.pattern_seed=918273",
         root=str(tmp_path),
     )
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)
-    (out / ".hydra" / "config.yaml").write_text("attack:\n  name: blended\n  alpha: 0.123\n")
+    (out / ".hydra" / "config.yaml").write_text("attack:\n  name: blended\n  pattern_seed: 918273\n")
     results = pipeline.run(cfg, out)
     assert results["data"]["n_poisoned"] > 0
 
@@ -40,7 +40,7 @@ def test_a_cheating_defense_finds_no_ground_truth(tmp_path):
             assert not torch.equal(t.bool(), truth.poisoned), "the poison mask is reachable"
             assert not torch.equal(t.long(), truth.y_true), "the true labels are reachable"
     for text in found["texts"]:
-        assert "0.123" not in text, "the attack's config is reachable"
+        assert "918273" not in text, "the attack's config is reachable"
     cache = (tmp_path / "cache").resolve()
     for p in found["paths"]:
         p = p.resolve()
