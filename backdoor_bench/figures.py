@@ -105,3 +105,28 @@ def foreign_density_histograms(
     fig.suptitle("max foreign log-density v per class (dashed: valley mu)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def reversed_triggers(
+    masks: torch.Tensor,
+    patterns: torch.Tensor,
+    norms: torch.Tensor,
+    index: torch.Tensor,
+    flagged: list[int],
+    path: Path,
+) -> Path:
+    """Neural Cleanse's reversed triggers, one column per class: the mask [H, W], the pattern
+    [C, H, W] and the stamped part m x p (all in [0, 1]), titled with the mask's L1 norm and the
+    anomaly index; flagged classes in red."""
+    k = len(masks)
+    fig, axes = plt.subplots(3, k, figsize=(1.25 * k, 4.2), squeeze=False)
+    for c in range(k):
+        fused = masks[c] * patterns[c]
+        for r, img in enumerate((masks[c][None], patterns[c], fused)):
+            _show(axes[r, c], (img.clamp(0, 1) * 255).round().to(torch.uint8))
+        color = "C3" if c in flagged else "k"
+        axes[0, c].set_title(f"class {c}\n|m| {float(norms[c]):.1f}\nAI {float(index[c]):.1f}", fontsize=7, color=color)
+    for r, label in enumerate(("mask", "pattern", "mask x pattern")):
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("Neural Cleanse: reversed triggers (red: flagged)", fontsize=9)
+    return save_figure(fig, path)

@@ -14,22 +14,91 @@ translation-invariant, but it can blur a small local trigger into the channel me
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from torch import nn
 
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import extract_features, over_batches
 
 
-def resolve_layer(model: torch.nn.Module, layer: str) -> torch.nn.Module:
-    """The submodule called `layer`; a ConfigError listing the valid names when there is none."""
+def resolve_layer(model: torch.nn.Module, layer: str, key: str = "layer") -> torch.nn.Module:
+    """The submodule called `layer`; a ConfigError naming `defense.<key>` and listing the valid
+    names when there is none."""
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
         names = ", ".join(name for name in modules if name)
+        null = "null (the penultimate features) or " if key == "layer" else ""
         raise ConfigError(
-            f"defense.layer={layer!r} is not a layer of {type(model).__name__}: use null "
-            f"(the penultimate features) or one of: {names}"
+            f"defense.{key}={layer!r} is not a layer of {type(model).__name__}: use {null}one of: {names}"
         )
     return modules[layer]
+
+
+@contextmanager
+def captured(model: torch.nn.Module, layers: list[str], key: str = "layers"):
+    """Within the block, `out[name]` is the output of each named layer in the latest forward pass
+    (forward hooks, removed on exit; gradients flow through). A bad name is a ConfigError naming
+    `defense.<key>`."""
+    modules = [resolve_layer(model, name, key) for name in layers]
+    out: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(_store(out, name)) for m, name in zip(modules, layers)]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _store(out: dict, name: str):
+    def hook(_module, _inputs, output):
+        out[name] = output
+
+    return hook
+
+
+POOLING = (
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.Flatten,
+)
+
+
+@torch.no_grad()
+def last_feature_map(model: torch.nn.Module, x: torch.Tensor) -> str:
+    """The name of the module that produces the last feature map `[N, C, H, W]` of `model.features`
+    before the global pooling: of the modules whose forward returns a 4-d tensor with as many
+    channels as `model.features` has dimensions (pooling layers excluded), the one that finishes
+    last in a forward pass of the float images `x` (a block that wraps the last convolution
+    finishes after it, so the outermost such block is named: `backbone.body.6` for small_cnn,
+    `backbone.bn` for preact_resnet18, `backbone.net.layer4` for resnet18, `backbone.layer3`
+    for resnet32). Global average pooling makes `model.features(x)[:, c]` the spatial mean of
+    channel c of this map."""
+    finished: list[tuple[str, torch.Tensor]] = []
+
+    def hook(name):
+        def record(module, _inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and not isinstance(module, POOLING):
+                finished.append((name, output))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name]
+    was_training = model.training
+    try:
+        model.eval()
+        dim = model.features(x).shape[1]
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    names = [name for name, out in finished if out.shape[1] == dim]
+    if not names:
+        raise RuntimeError(f"{type(model).__name__} has no {dim}-channel feature map before its pooling")
+    return names[-1]
 
 
 ACTIVATIONS = ("flatten", "pool")
