@@ -49,8 +49,6 @@ def test_the_pipeline_gives_a_needs_clean_defense_an_untouched_subset():
     train = _train(200)
     attack = BadNets(name="badnets", target=0, poison_rate=0.25, size=1, num_classes=10)
     poisoned = attack.poison(train, 0)
-    ctx = defense_context(
-        Runner(tiny_config()), NeedsClean("x", clean_fraction=0.1), poisoned, train, out_dir=None
-    )
+    ctx = defense_context(Runner(tiny_config()), NeedsClean("x", clean_fraction=0.1), poisoned, train, out_dir=None)
     ids = ctx.clean.x[:, 0, 0, 0].long()
     assert len(ctx.clean) == 20 and not poisoned.poisoned[ids].any() and not poisoned.cover[ids].any()
