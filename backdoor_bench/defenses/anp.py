@@ -8,7 +8,9 @@ weight w_k (gamma) and bias b_k (beta) and learns a mask m_k in [0, 1] on the tr
     min_m  alpha * L(m * w, b) + (1 - alpha) * max_{|delta|, |xi| <= eps} L((m + delta) * w, (1 + xi) * b)
 
 alternating, per batch, (1) the inner maximisation: delta, xi drawn uniformly from [-eps, eps], then
-`steps` signed-gradient ascent steps of size eps / steps, each projected back onto [-eps, eps]; and
+`steps` signed-gradient ascent steps of size eps / steps, each projected back onto [-eps, eps] (the
+constraint of Eq. 5; the official code does not clip, so its perturbations reach 2 eps after one
+step: `project_perturbation: false`); and
 (2) one SGD step (lr 0.2, momentum 0.9) on the masks, which are then clipped to [0, 1]. After
 `iterations` batches (2000; batches of 128 drawn with replacement from the clean subset, with the
 dataset's augmentation, and BatchNorm on batch statistics, as the official code's `mask_train`),
@@ -62,10 +64,13 @@ def masked_bn_params(
 
 
 @torch.no_grad()
-def ascend_perturbation(noise: torch.Tensor, grad: torch.Tensor, step: float, eps: float) -> None:
+def ascend_perturbation(noise: torch.Tensor, grad: torch.Tensor, step: float, eps: float, project: bool = True) -> None:
     """One signed-gradient ascent step on a perturbation, in place: noise <- clip_eps(noise + step *
-    sign(grad)), `grad` the gradient of the clean loss."""
-    noise.add_(step * grad.sign()).clamp_(-eps, eps)
+    sign(grad)), `grad` the gradient of the clean loss; `project=False` skips the clip (the official
+    code, whose perturbations reach 2 eps after one step from U(-eps, eps))."""
+    noise.add_(step * grad.sign())
+    if project:
+        noise.clamp_(-eps, eps)
 
 
 @torch.no_grad()
@@ -116,6 +121,7 @@ class ANPMasks(pl.LightningModule):
         momentum: float,
         seed: int = 0,
         channels_last: bool = False,
+        project: bool = True,
     ):
         super().__init__()
         self.model = model.requires_grad_(False)
@@ -124,7 +130,7 @@ class ANPMasks(pl.LightningModule):
         self.noise_w = nn.ParameterList([nn.Parameter(torch.zeros_like(bn.weight)) for _, bn in self.layers])
         self.noise_b = nn.ParameterList([nn.Parameter(torch.zeros_like(bn.weight)) for _, bn in self.layers])
         self.eps, self.steps, self.alpha, self.lr, self.momentum = eps, steps, alpha, lr, momentum
-        self.seed, self.channels_last = seed, channels_last
+        self.seed, self.channels_last, self.project = seed, channels_last, project
         self.automatic_optimization = False
         self._generator = None
 
@@ -150,7 +156,7 @@ class ANPMasks(pl.LightningModule):
             for _ in range(self.steps):
                 grads = torch.autograd.grad(cross_entropy(self.logits(x, True), y), noise)
                 for p, g in zip(noise, grads):
-                    ascend_perturbation(p, g, self.eps / self.steps, self.eps)
+                    ascend_perturbation(p, g, self.eps / self.steps, self.eps, self.project)
             loss_rob = cross_entropy(self.logits(x, True), y)
         else:
             loss_rob = torch.zeros((), device=x.device)
@@ -178,7 +184,9 @@ class ANPMasks(pl.LightningModule):
 class ANP(Defense):
     """Args: `eps` (0.4), `steps` (1), `alpha` (0.2), `iterations` (2000 mask updates),
     `log_every` (iterations per logged epoch, 500), `batch_size` (128), `lr` (0.2), `momentum`
-    (0.9), `threshold` (0.2), `prune_bias` (false: the paper's pruning zeroes gamma only)."""
+    (0.9), `threshold` (0.2), `prune_bias` (false: the paper's pruning zeroes gamma only),
+    `project_perturbation` (true: perturbations stay in [-eps, eps], the paper's constraint; false:
+    the official code's unclipped step)."""
 
     needs_clean = True
 
@@ -195,6 +203,7 @@ class ANP(Defense):
         momentum: float = 0.9,
         threshold: float = 0.2,
         prune_bias: bool = False,
+        project_perturbation: bool = True,
         **kw,
     ):
         super().__init__(name=name, **kw)
@@ -220,6 +229,7 @@ class ANP(Defense):
             float(threshold),
             prune_bias,
         )
+        self.project_perturbation = bool(project_perturbation)
 
     def run(self, ctx: DefenseContext) -> Outcome:
         backdoored = ctx.backdoored_model()
@@ -232,6 +242,7 @@ class ANP(Defense):
             self.momentum,
             seed=ctx.seed,
             channels_last=ctx.channels_last,
+            project=self.project_perturbation,
         )
         per_epoch = min(self.iterations, self.log_every)
         epochs = ctx.stage_length(math.ceil(self.iterations / per_epoch))

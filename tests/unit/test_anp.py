@@ -40,6 +40,9 @@ def test_perturbation_ascends_the_sign_and_stays_in_the_budget():
     noise = torch.tensor([0.3, -0.3, 0.0, 0.1])
     ascend_perturbation(noise, torch.tensor([1.0, -2.0, 0.0, -1.0]), step=0.4, eps=0.4)
     assert torch.allclose(noise, torch.tensor([0.4, -0.4, 0.0, -0.3]))  # 0.7 and -0.7 projected onto +-0.4
+    official = torch.tensor([0.3, -0.3])
+    ascend_perturbation(official, torch.tensor([1.0, -2.0]), step=0.4, eps=0.4, project=False)
+    assert torch.allclose(official, torch.tensor([0.7, -0.7]))  # the official code's unclipped step
 
 
 def test_masks_are_clipped_to_the_unit_interval_after_their_step():

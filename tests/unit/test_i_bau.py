@@ -7,6 +7,7 @@ from torch import nn
 
 from backdoor_bench.defenses.i_bau import (
     IBAU,
+    IBAUnlearning,
     fixed_point_hypergradient,
     inner_step,
     project_l2,
@@ -63,3 +64,19 @@ def test_bad_values_name_their_key():
         IBAU(perturbed_share=0.0)
     with pytest.raises(ConfigError, match="defense.K"):
         IBAU(K=0)
+
+
+@pytest.mark.parametrize("share, n, expected", [(1.0, 72, 72), (0.01, 72, 1), (0.01, 256, 2), (0.5, 7, 3)])
+def test_the_perturbed_share_of_an_outer_batch(share, n, expected):
+    module = IBAUnlearning(
+        nn.Flatten(),
+        torch.zeros(1, 1, 1, 2),
+        torch.zeros(1),
+        1,
+        1,
+        {"name": "adam", "lr": 1e-4},
+        1,
+        perturbed_share=share,
+    )
+    mask = module._share_mask(n, "cpu")
+    assert mask.shape == (n, 1, 1, 1) and int(mask.sum()) == expected  # int(n x share), at least one image
