@@ -16,11 +16,12 @@ point on the curve has none of its own). The curve's weights are evaluated with
 
 Values: the curve trains for 100 epochs, batch 128, SGD lr 0.01, momentum 0.9, wd 1e-4, with the
 official code's schedule (lr constant for the first half, then linear down to 1% of it at 90% of
-the epochs; github.com/IBM/model-sanitization, backdoor/backdoor-cifar/train.py); the end point w1
+the epochs; github.com/IBM/model-sanitization, backdoor/backdoor-cifar/train.py; BackdoorBench
+trains it with lr 3e-5, wd 5e-4 and a cosine schedule); the end point w1
 is fine-tuned for 100 epochs with SGD 0.01, momentum 0.9, wd 5e-4 and a cosine schedule
-(BackdoorBench's config/defense/mcr: ft_epochs, ft_lr; the paper leaves it open). t = 0.3 is the
-point D-BR (Chen, Wu, Wang, NeurIPS 2022) evaluates MCR at (its App. C.4); the paper's Fig. 2 shows
-the attack success rate low and the clean error near the end models' from about t = 0.2 to 0.8.
+(BackdoorBench's config/defense/mcr: ft_epochs, ft_lr; the paper leaves it open). t = 0.3 is
+the point D-BR (Chen, Wu, Wang, NeurIPS 2022, App. C.4) evaluates MCR at; we could not check that
+appendix's text, and BackdoorBench's config.yaml evaluates t = 0.1 (its cifar10.yaml sweeps 0.1 to 0.9).
 1% clean training data: D-BR's Sec. 4.1. `min_steps` (0 = the paper) floors the optimizer steps of
 the fine-tuning and of the curve: on a small dataset 100 epochs of a 1% subset are 100 steps.
 """
