@@ -1,19 +1,22 @@
 """PreActResNet-18 (He et al., "Identity Mappings in Deep Residual Networks", 2016), CIFAR stem,
 as used by BackdoorBench. `width` is the first stage's channel count (64 in the paper; 16 gives
-the quarter-width model for CPU runs)."""
+the quarter-width model for CPU runs). `norm`: batch (default) or group (GroupNorm with
+min(`norm_groups`, C) groups; see models/norm.py)."""
 
 import torch.nn.functional as F
 from torch import nn
+
+from backdoor_bench.models.norm import norm2d
 
 
 class PreActBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    def __init__(self, cin: int, cout: int, stride: int = 1, norm: str = "batch", norm_groups: int = 32):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
+        self.bn1 = norm2d(norm, cin, norm_groups)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = norm2d(norm, cout, norm_groups)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
 
@@ -26,17 +29,19 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, width: int = 64, norm: str = "batch", norm_groups: int = 32
+    ):
         super().__init__()
         w = width
         self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
         layers, cin = [], w
         for i, stride in enumerate((1, 2, 2, 2)):
             cout = w * 2**i
-            layers += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
+            layers += [PreActBlock(cin, cout, stride, norm, norm_groups), PreActBlock(cout, cout, 1, norm, norm_groups)]
             cin = cout
         self.layers = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(cin)
+        self.bn = norm2d(norm, cin, norm_groups)
         self.head = nn.Linear(cin, num_classes)
 
     def features(self, x):

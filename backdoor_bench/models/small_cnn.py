@@ -1,16 +1,21 @@
-"""A small CNN for small images (the default for digits): seconds per epoch on a CPU."""
+"""A small CNN for small images (the default for digits): seconds per epoch on a CPU. `norm`:
+batch (default) or group (GroupNorm with min(`norm_groups`, C) groups; see models/norm.py)."""
 
 from torch import nn
 
+from backdoor_bench.models.norm import norm2d
+
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, norm: str = "batch", norm_groups: int = 32
+    ):
         super().__init__()
         w = width
 
         def block(cin, cout):
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm2d(norm, cout, norm_groups), nn.ReLU(inplace=True)
             )
 
         self.body = nn.Sequential(

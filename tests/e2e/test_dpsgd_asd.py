@@ -1,0 +1,38 @@
+"""DP-SGD and ASD end to end through run.py at trainer=tiny (one sweep), and DP-SGD's one-line
+error on the default BatchNorm model."""
+
+import json
+
+
+def test_dpsgd_and_asd_sweep_writes_results(run_cli):
+    p = run_cli("defense=dpsgd,asd", "model.norm=group", "trainer=tiny", multirun=True)
+    runs = [json.loads(f.read_text()) for f in p.out_dir.rglob("results.json")]
+    runs = {r["config"]["defense"]["name"]: r for r in runs}
+    assert set(runs) == {"dpsgd", "asd"}, p.stdout[-2000:]
+    for r in runs.values():
+        assert {"acc", "acc_nontarget", "asr", "ra"} <= set(r["metrics"]) and 0 <= r["metrics"]["acc"] <= 1
+        assert r["config"]["model"]["norm"] == "group"
+    dp = runs["dpsgd"]
+    e = dp["defense_extra"]
+    assert dp["detection"] is None and "train/backdoored" not in dp["timing"]
+    assert e["epsilon"] > 0 and e["delta"] == 1e-5 and e["max_grad_norm"] == 1.0 and e["noise_multiplier"] == 0.5
+    assert (e["epochs"], e["steps"], e["sample_rate"]) == (2, 4, 0.25)  # 256 images, expected batch 64, 2 x 2 steps
+    assert dp["config"]["defense"]["optimizer"] == dp["config"]["trainer"]["optimizer"]  # the run's recipe
+    asd = runs["asd"]
+    d, e = asd["detection"], asd["defense_extra"]
+    assert d["n_removed"] == 128 and {"precision", "tpr", "fpr", "kept_poison_rate", "trusted_purity"} <= set(d)
+    assert d["trusted_purity"] == 1.0 and d["n_trusted"] == e["n_seeds"] > 0  # the seeds come from untouched samples
+    assert e["stage_epochs"] == {"class_aware": 2, "class_agnostic": 2, "meta": 2}
+    assert e["pool_sizes"]["class_aware"] == [e["n_seeds"]] * 2 and e["pool_sizes"]["meta"] == [128, 128]
+    assert "train/asd" in asd["timing"] and "train/backdoored" not in asd["timing"]
+
+
+def test_dpsgd_on_a_batchnorm_model_fails_with_one_line(run_cli):
+    p = run_cli("defense=dpsgd", "trainer=tiny", check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    err = p.stderr.strip().splitlines()[-1]
+    assert err == (
+        "error: defense=dpsgd needs a model without BatchNorm: set model.norm=group "
+        "(small_cnn, preact_resnet18, resnet18 and resnet32 have the option)"
+    )
+    assert "Traceback" not in p.stderr + p.stdout and not (p.out_dir / "results.json").exists()
