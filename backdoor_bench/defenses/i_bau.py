@@ -193,6 +193,11 @@ class IBAUnlearning(pl.LightningModule):
             loss = outer(self.delta)
         self.log("i_bau/outer_ce", loss, on_step=False, on_epoch=True, batch_size=len(y))
 
+    def on_train_epoch_end(self):
+        scheduler = self.lr_schedulers()  # manual optimisation steps a configured schedule itself, per round
+        if scheduler is not None:
+            scheduler.step()
+
     def configure_optimizers(self):
         return configure_optimizers(self.model.parameters(), self.optim, self.rounds)
 

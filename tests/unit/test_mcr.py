@@ -33,11 +33,6 @@ def test_batchnorm_statistics_are_the_size_weighted_averages_over_batches():
     assert bn.momentum == 0.1 and not model.training
 
 
-def small():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(3))
-
-
 def test_curve_point_and_the_control_point_training():
     start = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     end = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
