@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CIFAR_TAR ?= ../shared/data/cifar10-jpeg75.tar.gz
 
-.PHONY: install run test test-slow lint bench clean
+.PHONY: install run test test-slow lint bench data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,11 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
 ## make data: unpack the CIFAR-10 JPEG copy into data/cifar10-jpeg75 (dataset=cifar10_jpeg75)
+data: data/cifar10-jpeg75
+
 data/cifar10-jpeg75: $(CIFAR_TAR)
-	mkdir -p $@ && tar -xzf $(CIFAR_TAR) -C $@
+	test -f $(CIFAR_TAR) || { echo "make data: $(CIFAR_TAR) not found; set CIFAR_TAR=<path to cifar10-jpeg75.tar.gz>"; exit 2; }
+	mkdir -p $@.partial && tar -xzf $(CIFAR_TAR) -C $@.partial && mv $@.partial $@
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

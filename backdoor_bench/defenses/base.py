@@ -98,10 +98,10 @@ class DefenseContext:
         before changing it."""
         return self._runner.backdoored_model(self.train)
 
-    def new_model(self, seed: int | None = None) -> torch.nn.Module:
+    def new_model(self, seed: int | None = None, **model) -> torch.nn.Module:
         """A fresh, untrained model of the run's architecture, initialised from `seed` (default:
-        the run's seed)."""
-        return self._runner.new_model(self.train, seed)
+        the run's seed); `model` overrides keys of `cfg.model` (DP-SGD: `norm="group"`)."""
+        return self._runner.new_model(self.train, seed, **model)
 
     def train_model(self, data: ImageSet, name: str, epochs: int | None = None) -> torch.nn.Module:
         """A fresh model trained on `data` with the run's standard recipe (not cached)."""

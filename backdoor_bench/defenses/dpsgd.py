@@ -17,8 +17,10 @@ on CIFAR-10): 0.5 for BadNets (the default here), 0.3 for Blended and WaNet. The
 epsilon at `delta` (1e-5) comes from Opacus' accountant (`accountant: rdp`, the moments
 accountant's Renyi-DP form) and lands in `defense_extra`.
 
-Opacus needs per-sample gradients, which BatchNorm does not have: the run's model must be built
-with `model.norm=group` (GroupNorm); a model with BatchNorm fails with a one-line ConfigError.
+Opacus needs per-sample gradients, which BatchNorm does not have: the fresh model is built with
+GroupNorm (`model_norm: group`, the default, overrides the run's `model.norm`, so DP-SGD sweeps
+beside the other defenses); with `model_norm: null` the run's model is used as configured and one
+with BatchNorm fails with a one-line ConfigError.
 The loop is plain PyTorch on `ctx.device` (fp32; the trainer's precision and memory format do not
 apply), one log line per epoch; it is not resumable.
 """
@@ -118,7 +120,8 @@ class DPSGD(Defense):
     """Args: `noise_multiplier` (sigma; DBD: 0.5 BadNets, 0.3 Blended/WaNet on CIFAR-10),
     `max_grad_norm` (C; DBD: 1), `delta` (the privacy budget's delta), `accountant` (rdp, prv,
     gdp), `epochs`, `batch_size` (the expected Poisson batch) and `optimizer` (a config like
-    `trainer.optimizer`): the run's recipe by default (the yaml interpolates them)."""
+    `trainer.optimizer`): the run's recipe by default (the yaml interpolates them); `model_norm`
+    (the fresh model's `model.norm`: group; null keeps the run's)."""
 
     def __init__(
         self,
@@ -130,6 +133,7 @@ class DPSGD(Defense):
         epochs: int = 30,
         batch_size: int = 128,
         optimizer: dict | None = None,
+        model_norm: str | None = "group",
         **kw,
     ):
         super().__init__(name=name, **kw)
@@ -151,13 +155,14 @@ class DPSGD(Defense):
         self.noise_multiplier, self.max_grad_norm = float(noise_multiplier), float(max_grad_norm)
         self.delta, self.accountant = float(delta), accountant
         self.epochs, self.batch_size = int(epochs), int(batch_size)
+        self.model_norm = model_norm
 
     def check_model(self, model: torch.nn.Module) -> None:
         """The run's model must suit Opacus (no BatchNorm): a one-line ConfigError otherwise."""
         check_private(model)
 
     def run(self, ctx: DefenseContext) -> Outcome:
-        model = ctx.new_model()
+        model = ctx.new_model(norm=self.model_norm) if self.model_norm else ctx.new_model()
         self.check_model(model)
         train, device = ctx.train, torch.device(ctx.device)
         n, epochs = len(train), ctx.stage_length(self.epochs)

@@ -118,6 +118,12 @@ def test_dpsgd_run_reports_the_accountants_epsilon_for_the_steps_it_took():
     assert not any(hasattr(p, "grad_sample") for p in out.model.parameters())  # Opacus' traces removed
 
 
-def test_dpsgd_run_fails_on_the_default_batchnorm_model():
+def test_dpsgd_builds_a_groupnorm_model_whatever_the_runs_norm():
+    out = DPSGD(epochs=1, batch_size=10).run(context(tiny_set()))  # the run's model: BatchNorm
+    assert any(isinstance(m, nn.GroupNorm) for m in out.model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in out.model.modules())
+
+
+def test_dpsgd_with_the_runs_model_fails_on_batchnorm():
     with pytest.raises(ConfigError, match="set model.norm=group"):
-        DPSGD(epochs=1, batch_size=10).run(context(tiny_set()))
+        DPSGD(epochs=1, batch_size=10, model_norm=None).run(context(tiny_set()))
