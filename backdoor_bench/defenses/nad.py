@@ -16,10 +16,11 @@ Distillation: Erasing Backdoor Triggers from Deep Neural Networks", ICLR 2021, S
 Layers: `layers` names submodules as `model.named_modules()` spells them; `null` takes the
 default of the model (the ends of its last three stages, as NAD's WRN-16-1 uses its three
 groups): small_cnn `backbone.body.1/4/6`, preact_resnet18 `backbone.layers.3/5/7`, resnet18
-`backbone.net.layer2/3/4`, resnet32 `backbone.layer1/2/3`. An unknown name fails with the list of
-valid ones. DBD (Huang et al., ICLR 2022, App. B.3) distils only the last residual group of
-ResNet-18 and picks its beta by a grid search against the test ASR (App. D.2), which a defense
-may not do; `defense=nad/dbd` takes its single layer and its teacher learning rate (0.01).
+`backbone.net.layer2/3/4`, resnet32 `backbone.layer1/2/3`; an integer picks from that default
+(`[-1]`: the last stage, on any model). An unknown name fails with the list of valid ones. DBD
+(Huang et al., ICLR 2022, App. B.3) distils only the last residual group of ResNet-18 and picks
+its beta by a grid search against the test ASR (App. D.2), which a defense may not do;
+`defense=nad/dbd` takes its single layer (`[-1]`) and its teacher learning rate (0.01).
 
 Betas and recipe: the authors' code (`config.py`, `utils/util.py`): betas 500 / 1000 / 1000 for
 the low / middle / high layer (BackdoorBench's `config/defense/nad/cifar10.yaml` has the same),
@@ -133,8 +134,24 @@ class AttentionDistillation(pl.LightningModule):
         return configure_optimizers(self.student.parameters(), self.optim, self.max_epochs)
 
 
+def pick_layers(model: torch.nn.Module, layers: list[str | int] | None) -> list[str]:
+    """`layers` as module names: null is the model's default, an integer indexes that default."""
+    if layers is None:
+        return default_layers(model)
+    names = []
+    for layer in layers:
+        if isinstance(layer, int):
+            default = default_layers(model)
+            if not -len(default) <= layer < len(default):
+                raise ConfigError(f"defense.layers: index {layer} is outside the model's default layers {default}")
+            layer = default[layer]
+        names.append(layer)
+    return names
+
+
 class NAD(Defense):
-    """Args: `clean_fraction` (the trusted clean subset), `layers` (null: the model's default) and
+    """Args: `clean_fraction` (the trusted clean subset), `layers` (null: the model's default; names,
+    or integers indexing the default) and
     `betas` (one per layer), `p` (the attention power), `teacher_epochs`, `epochs`, `batch_size`,
     `optimizer` (the distillation), `teacher_optimizer` (null: the same)."""
 
@@ -143,7 +160,7 @@ class NAD(Defense):
     def __init__(
         self,
         name: str = "nad",
-        layers: list[str] | None = None,
+        layers: list[str | int] | None = None,
         betas: list[float] = (500.0, 1000.0, 1000.0),
         p: float = 2.0,
         teacher_epochs: int = 10,
@@ -154,7 +171,7 @@ class NAD(Defense):
         **kw,
     ):
         super().__init__(name=name, **kw)
-        self.layers = None if layers is None else [str(name) for name in layers]
+        self.layers = None if layers is None else [x if isinstance(x, int) else str(x) for x in layers]
         self.betas = [float(b) for b in betas]
         if self.layers is not None and (not self.layers or len(self.layers) != len(self.betas)):
             raise ConfigError(
@@ -173,7 +190,7 @@ class NAD(Defense):
 
     def run(self, ctx: DefenseContext) -> Outcome:
         student = copy.deepcopy(ctx.backdoored_model())
-        layers = self.layers or default_layers(student)
+        layers = pick_layers(student, self.layers)
         if len(layers) != len(self.betas):
             raise ConfigError(f"defense.betas={self.betas} must give one beta per layer of {layers} (defense.layers)")
         for name in layers:

@@ -56,9 +56,12 @@ def test_gce_warmup_runs(run_cli):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment" / "dbd").glob("*.yaml")))
 def test_dbd_experiment_runs_at_tiny_scale(run_cli, tmp_path, experiment):
-    """Each dbd table as a sweep on digits with the tiny trainer, then its report beside the paper."""
+    """Each dbd table as a sweep on digits with the tiny trainer, then its report beside the paper
+    (table1's baselines run in test_paper_baselines.py)."""
+    only_dbd = ["defense=none,dbd"] if experiment == "table1" else []
     p = run_cli(
         f"experiment=dbd/{experiment}",
+        *only_dbd,
         "trainer=tiny",
         "dataset=digits",
         "model=small_cnn",

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT
 
-TABLES = {"dst/table1": 7 * 4, "dbr/table2": 7 * 2, "dst/table3": 7 * 3}
+TABLES = {"dst/table1": 7 * 4, "dbr/table2": 7 * 7, "dst/table3": 7 * 3}
 ATTACKS = {"badnets", "badnets_all2all", "trojan", "blend_signal", "blended", "sig", "lc"}
 
 

@@ -98,3 +98,14 @@ def test_bad_values_fail_naming_the_key(kw, key):
 def test_a_model_without_default_layers_asks_for_them():
     with pytest.raises(ConfigError, match="defense.layers=null"):
         default_layers(torch.nn.Linear(2, 2))
+
+
+def test_integer_layers_index_the_models_default(compose):
+    from backdoor_bench.defenses.nad import pick_layers
+
+    model = build_model(compose("model=small_cnn").model, 10, 1, (0.5,), (0.5,))
+    assert pick_layers(model, [-1]) == ["backbone.body.6"]
+    assert pick_layers(model, [0, "backbone.body.4"]) == ["backbone.body.1", "backbone.body.4"]
+    assert pick_layers(model, None) == ["backbone.body.1", "backbone.body.4", "backbone.body.6"]
+    with pytest.raises(ConfigError, match="index 3 is outside"):
+        pick_layers(model, [3])
