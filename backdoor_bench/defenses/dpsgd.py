@@ -52,7 +52,7 @@ def check_private(model: torch.nn.Module) -> None:
 
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(
-            "defense=dpsgd needs a model without BatchNorm: set model.norm=group "
+            "defense=dpsgd needs a model without BatchNorm: set defense.model_norm=group or model.norm=group "
             "(small_cnn, preact_resnet18, resnet18 and resnet32 have the option)"
         )
     errors = ModuleValidator.validate(model, strict=False)

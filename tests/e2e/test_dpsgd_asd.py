@@ -1,19 +1,19 @@
 """DP-SGD and ASD end to end through run.py at trainer=tiny (one sweep), and DP-SGD's one-line
-error on the default BatchNorm model."""
+error when told to keep the run's BatchNorm model."""
 
 import json
 
 
 def test_dpsgd_and_asd_sweep_writes_results(run_cli):
-    p = run_cli("defense=dpsgd,asd", "model.norm=group", "trainer=tiny", multirun=True)
+    p = run_cli("defense=dpsgd,asd", "trainer=tiny", multirun=True)
     runs = [json.loads(f.read_text()) for f in p.out_dir.rglob("results.json")]
     runs = {r["config"]["defense"]["name"]: r for r in runs}
     assert set(runs) == {"dpsgd", "asd"}, p.stdout[-2000:]
     for r in runs.values():
         assert {"acc", "acc_nontarget", "asr", "ra"} <= set(r["metrics"]) and 0 <= r["metrics"]["acc"] <= 1
-        assert r["config"]["model"]["norm"] == "group"
     dp = runs["dpsgd"]
     e = dp["defense_extra"]
+    assert dp["config"]["defense"]["model_norm"] == "group" and asd_norm(runs) == "batch"
     assert dp["detection"] is None and "train/backdoored" not in dp["timing"]
     assert e["epsilon"] > 0 and e["delta"] == 1e-5 and e["max_grad_norm"] == 1.0 and e["noise_multiplier"] == 0.5
     assert (e["epochs"], e["steps"], e["sample_rate"]) == (2, 4, 0.25)  # 256 images, expected batch 64, 2 x 2 steps
@@ -27,12 +27,16 @@ def test_dpsgd_and_asd_sweep_writes_results(run_cli):
     assert "train/asd" in asd["timing"] and "train/backdoored" not in asd["timing"]
 
 
+def asd_norm(runs):
+    return runs["asd"]["config"]["model"]["norm"]
+
+
 def test_dpsgd_on_a_batchnorm_model_fails_with_one_line(run_cli):
-    p = run_cli("defense=dpsgd", "trainer=tiny", check=False)
+    p = run_cli("defense=dpsgd", "defense.model_norm=null", "trainer=tiny", check=False)
     assert p.returncode == 2, p.stderr[-2000:]
     err = p.stderr.strip().splitlines()[-1]
     assert err == (
-        "error: defense=dpsgd needs a model without BatchNorm: set model.norm=group "
+        "error: defense=dpsgd needs a model without BatchNorm: set defense.model_norm=group or model.norm=group "
         "(small_cnn, preact_resnet18, resnet18 and resnet32 have the option)"
     )
     assert "Traceback" not in p.stderr + p.stdout and not (p.out_dir / "results.json").exists()

@@ -71,7 +71,10 @@ def test_epsilon_of_the_subsampled_mechanism_is_pinned():
 
 def test_batchnorm_models_are_refused_with_one_line_naming_model_norm():
     bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
-    with pytest.raises(ConfigError, match=r"defense=dpsgd needs a model without BatchNorm: set model.norm=group") as e:
+    with pytest.raises(
+        ConfigError,
+        match=r"defense=dpsgd needs a model without BatchNorm: set defense.model_norm=group or model.norm=group",
+    ) as e:
         check_private(bn)
     assert "\n" not in str(e.value)
     check_private(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)))  # fine
@@ -125,5 +128,5 @@ def test_dpsgd_builds_a_groupnorm_model_whatever_the_runs_norm():
 
 
 def test_dpsgd_with_the_runs_model_fails_on_batchnorm():
-    with pytest.raises(ConfigError, match="set model.norm=group"):
+    with pytest.raises(ConfigError, match="set defense.model_norm=group or model.norm=group"):
         DPSGD(epochs=1, batch_size=10, model_norm=None).run(context(tiny_set()))
