@@ -23,7 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=15
 
 ## make test-slow: real-data checks on the CIFAR-10 JPEG copy (skipped when it is absent)
 test-slow: $(STAMP)

@@ -28,24 +28,30 @@ def compose():
     return _compose
 
 
+def run_py(out: Path, cache: Path, *args, multirun=False, check=True, env=None, timeout=600):
+    """`python run.py` in a subprocess writing to `out` (a run or sweep dir) with the cache at
+    `cache`; `logger=none` unless the args name a logger. The result has `.out_dir`."""
+    cmd = [sys.executable, str(ROOT / "run.py")]
+    if multirun:
+        cmd.append("-m")
+    cmd += [f"hydra.{'sweep' if multirun else 'run'}.dir={out}", f"paths.cache_dir={cache}"]
+    if not any(a.startswith("logger=") for a in args):
+        cmd.append("logger=none")
+    cmd += list(args)
+    e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    p.out_dir = out
+    return p
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """run_cli(*overrides) runs `python run.py` in a subprocess with a private output dir and cache."""
 
     def _run(*args, multirun=False, cache=None, check=True, env=None, timeout=600):
-        cmd = [sys.executable, str(ROOT / "run.py")]
-        if multirun:
-            cmd.append("-m")
         out = tmp_path / ("multirun" if multirun else "run")
-        cmd += [f"hydra.{'sweep' if multirun else 'run'}.dir={out}", f"paths.cache_dir={cache or tmp_path / 'cache'}"]
-        if not any(a.startswith("logger=") for a in args):
-            cmd.append("logger=none")
-        cmd += list(args)
-        e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"run.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-        p.out_dir = out
-        return p
+        return run_py(out, cache or tmp_path / "cache", *args, multirun=multirun, check=check, env=env, timeout=timeout)
 
     return _run
