@@ -30,6 +30,7 @@ EXECUTION_KEYS = {
     "log_every_n_steps",
     "eval_batch_size",
     "test_subset",
+    "checkpoint_every_s",
 }
 
 
@@ -40,13 +41,25 @@ def training_spec(tcfg) -> dict:
 
 
 class _SaveEachEpoch(pl.Callback):
-    """Write a resumable checkpoint atomically after every training epoch."""
+    """Write a resumable checkpoint atomically at the end of a training epoch: at most once per
+    `every_s` seconds (0: after every epoch), and always after the last epoch (or when training
+    stops early). The checkpoint holds what a resume needs: the weights, the optimizer and LR
+    schedule states and the loop counters (Lightning's `weights_only=False`)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, every_s: float = 0.0, clock=time.monotonic):
+        self.path, self.every_s, self.clock = Path(path), float(every_s), clock
+        self.last = None
+
+    def on_train_start(self, trainer, module):
+        self.last = self.clock()
 
     def on_train_epoch_end(self, trainer, module):
+        now = self.clock()
+        final = trainer.should_stop or trainer.current_epoch + 1 >= trainer.max_epochs
+        if not (final or self.every_s <= 0 or self.last is None or now - self.last >= self.every_s):
+            return
         atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+        self.last = self.clock()  # the interval counts from the end of a write
 
 
 class _EpochLog(pl.Callback):
@@ -118,12 +131,14 @@ def fit(
     """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
 
     Data moves to the training device once; `augment` runs there on whole batches. With
-    `checkpoint`, a checkpoint is written after each epoch and an existing one is resumed from,
-    so an interrupted run continues where it stopped (from the last finished epoch; the shuffling
-    order after a resume differs from an uninterrupted run's). `loader(device)`, when given,
+    `checkpoint`, a checkpoint is written at the end of an epoch at most once per
+    `tcfg.checkpoint_every_s` seconds (0: every epoch; always after the last) and an existing one
+    is resumed from, so an interrupted run continues where it stopped (from the last saved epoch;
+    the shuffling order after a resume differs from an uninterrupted run's). `loader(device)`, when given,
     builds the batches instead of a shuffled `DeviceLoader` over `x`, `y` (e.g. MixMatch's).
     """
-    callbacks = [*callbacks, *([_SaveEachEpoch(checkpoint)] if checkpoint is not None else [])]
+    every_s = float(tcfg.get("checkpoint_every_s", 60) or 0)
+    callbacks = [*callbacks, *([_SaveEachEpoch(checkpoint, every_s)] if checkpoint is not None else [])]
     trainer = make_trainer(tcfg, max_epochs, logger, callbacks)
     if loader is not None:
         loader = loader(device_of(trainer))

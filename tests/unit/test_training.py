@@ -3,7 +3,8 @@ from omegaconf import OmegaConf
 
 from backdoor_bench.models import ImageClassifier
 from backdoor_bench.models.small_cnn import SmallCNN
-from backdoor_bench.training.fit import fit, predict, training_spec
+from backdoor_bench.training import fit as fit_module
+from backdoor_bench.training.fit import _SaveEachEpoch, fit, predict, training_spec
 from backdoor_bench.training.losses import cross_entropy
 from backdoor_bench.training.supervised import Supervised
 from tests.conftest import CONF
@@ -58,6 +59,45 @@ def test_fit_learns_and_resumes_from_checkpoint(tmp_path):
     fit(Counting(model, opt, 3), x, y, t, max_epochs=3, checkpoint=ckpt)
     assert Counting.steps == 8
     assert (predict(model, x, device="cpu") == y).float().mean() == 1.0
+
+
+def test_checkpoints_only_after_the_last_epoch_with_a_long_interval_and_every_epoch_with_0(tmp_path, monkeypatch):
+    written = []
+    write = fit_module.atomic_write
+
+    def spy(path, fn):
+        write(path, fn)
+        written.append(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+    monkeypatch.setattr(fit_module, "atomic_write", spy)
+    x, y = torch.zeros(16, 1, 8, 8, dtype=torch.uint8), torch.arange(16) % 2
+    opt = {"name": "sgd", "lr": 0.1, "schedule": "constant"}
+    t = tcfg()
+    assert t.checkpoint_every_s == 60  # the default
+    for every, epochs in ((3600, [2]), (0, [0, 1, 2])):
+        written.clear()
+        t.checkpoint_every_s = every
+        model = ImageClassifier(SmallCNN(2, 1, 4), (0.5,), (0.5,))
+        fit(Supervised(model, opt, 3), x, y, t, max_epochs=3, checkpoint=tmp_path / f"{every}.ckpt")
+        assert written == epochs
+    assert "checkpoint_every_s" not in training_spec(t)  # the cache keys do not change with it
+
+
+def test_checkpoint_interval_counts_from_the_last_write(monkeypatch):
+    monkeypatch.setattr(fit_module, "atomic_write", lambda path, fn: saved.append(trainer.current_epoch))
+    saved, now = [], [0.0]
+
+    class Trainer:
+        should_stop, max_epochs, current_epoch = False, 8, 0
+
+    trainer = Trainer()
+    cb = _SaveEachEpoch("unused.ckpt", 60, clock=lambda: now[0])
+    cb.on_train_start(trainer, None)
+    for epoch in range(8):  # 25 s an epoch
+        now[0] += 25
+        trainer.current_epoch = epoch
+        cb.on_train_epoch_end(trainer, None)
+    assert saved == [2, 5, 7]  # at 75 s, 150 s, and the last epoch
 
 
 def test_stage_length_floor_in_steps_and_caps():
