@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CIFAR_TAR ?= ../shared/data/cifar10-jpeg75.tar.gz
 
-.PHONY: install run test test-slow lint bench data clean
+.PHONY: install run test test-slow lint bench gpu-check data clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
+
+## make gpu-check: on a CUDA machine, bench + a 100-epoch PreActResNet-18 BadNets run (cifar10-jpeg75,
+## trainer=gpu) + D-BR on it + a SimCLR epoch, one timed markdown table (needs `make data`)
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 ## make data: unpack the CIFAR-10 JPEG copy into data/cifar10-jpeg75 (dataset=cifar10_jpeg75)
 data: data/cifar10-jpeg75
