@@ -63,7 +63,8 @@ def resized_crop_boxes(
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 when none does)
+    # the first try that fits: descending weights make the maximum unique (0 when none fits)
+    first = (ok * torch.arange(tries, 0, -1, device=ok.device)).argmax(1, keepdim=True)
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
     fits = ok.any(1)
     # torchvision's fallback: the whole image, clamped to the ratio range, centred
@@ -114,7 +115,8 @@ def resized_crop(
     theta[:, 0, 2] = (2 * left + w) / width - 1
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
-    src = x if x.is_floating_point() else x.float()
+    # float32 at least: half-precision grid coordinates would misplace samples by a fraction of a pixel
+    src = x if x.dtype in (torch.float32, torch.float64) else x.float()
     grid = F.affine_grid(theta.to(src.dtype), [n, x.shape[1], *size], align_corners=False)
     out = F.grid_sample(src, grid, mode=mode, padding_mode="border", align_corners=False)
     if x.dtype == torch.uint8:

@@ -69,6 +69,8 @@ def test_uint8_in_uint8_out_and_the_full_box_is_the_identity():
     out = RandomResizedCropFlip(16)(x, torch.Generator().manual_seed(0))
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert RandomResizedCropFlip(8)(x.float() / 255).shape == (4, 3, 8, 8)
+    half = RandomResizedCropFlip(16, flip=0.0)((x.float() / 255).bfloat16(), torch.Generator().manual_seed(0))
+    assert half.dtype == torch.bfloat16 and half.shape == x.shape
 
 
 class _Calls(TorchFunctionMode):
