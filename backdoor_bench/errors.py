@@ -102,7 +102,7 @@ def check_node(group: str, node, target) -> None:
 
     kinds = declared_kinds(target)
     for key in node:
-        if key in kinds and not OmegaConf.is_missing(node, key):
+        if key in kinds and not (OmegaConf.is_config(node) and OmegaConf.is_missing(node, key)):
             kind, nullable, default = kinds[key]
             check_value(f"{group}.{key}", node[key], kind, nullable, default)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ class Patch:
     def __post_init__(self):
         k = self.key
         if not isinstance(self.location, str):  # [row, col] of the top-left pixel
-            loc = list(self.location) if isinstance(self.location, list | tuple) else None
+            loc = list(self.location) if isinstance(self.location, Iterable) else None  # a ListConfig too
             if loc is None or len(loc) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in loc):
                 raise ConfigError(
                     f"{k}.location={self.location} is not a corner or [row, col]: use one of "
