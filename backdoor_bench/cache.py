@@ -101,6 +101,27 @@ def atomic_torch_save(path, obj) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_checkpoint(path: str | os.PathLike | None, check: Callable[[object], None] | None = None):
+    """The one way a stage checkpoint (`partial.ckpt`: a training run's resumable state, or a
+    stage's own state such as ISPL's finished components) is read: the object, or None when there
+    is none. A file that does not load (truncated, empty, not a checkpoint) or that `check`
+    rejects (by raising) is logged as a warning and deleted, so the stage is rebuilt from the
+    start instead of failing every rerun."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if check is not None:
+            check(obj)
+        return obj
+    except Exception as e:  # a broken checkpoint is never trusted
+        log.warning(
+            "stage checkpoint %s is unusable (%s: %s); deleting it, the stage starts again", path, type(e).__name__, e
+        )
+        Path(path).unlink(missing_ok=True)
+        return None
+
+
 class ArtifactCache:
     """`get_or_build(kind, spec, build)`: load the entry for `spec`, or build, store and return it.
 

@@ -50,9 +50,10 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
         outcome = defense.run(ctx)
     with runner.timed("evaluate"):
         triggered = attack.apply(test.x)
-        metrics, detection, input_detection = evaluate(runner, attack, outcome, poisoned, test, triggered)
+        metrics, detection, input_detection, warnings = evaluate(runner, attack, outcome, poisoned, test, triggered)
     results = {
         "metrics": metrics,
+        "warnings": warnings,
         "detection": detection,
         "input_detection": input_detection,
         "defense_extra": outcome.extra or None,
@@ -107,7 +108,8 @@ def defense_context(runner: Runner, defense: Defense, poisoned: PoisonedSet, cle
 
 def evaluate(runner: Runner, attack: Attack, outcome: Outcome, poisoned: PoisonedSet, test: ImageSet, triggered):
     """ACC, ASR (and the attack's extra metrics) on the test set, through the outcome's input
-    transformation if it has one; the verdict's detection rates; an input detector's rates."""
+    transformation if it has one; the verdict's detection rates; an input detector's rates; and the
+    warnings of `sanity_warnings`."""
     kw = {
         "batch_size": runner.cfg.trainer.eval_batch_size,
         "device": runner.device,
@@ -129,7 +131,25 @@ def evaluate(runner: Runner, attack: Attack, outcome: Outcome, poisoned: Poisone
         hit = pred_triggered[m] == attack.target_label(test.y)[m]
         input_detection = input_detection_metrics(d.scores(test.x), d.scores(triggered[m]), d.threshold, hit)
         log.info("input detection: %s", " ".join(f"{k}={v}" for k, v in input_detection.items()))
-    return metrics, detection, input_detection
+    return metrics, detection, input_detection, sanity_warnings(outcome, pred_clean)
+
+
+def sanity_warnings(outcome: Outcome, pred_clean: torch.Tensor) -> list[str]:
+    """What makes a result suspect though the run finished: a verdict that keeps no training
+    sample, a final model that predicts one class for every test image. Each is logged as a
+    WARNING and listed in results.json's `warnings`."""
+    out = []
+    v = outcome.verdict
+    if v is not None and not v.kept.any():
+        out.append(f"the defense's verdict keeps 0 of {len(v.kept)} training samples: the final model saw no data")
+    if len(pred_clean) > 1 and bool((pred_clean == pred_clean[0]).all()):
+        out.append(
+            f"the final model predicts class {int(pred_clean[0])} for all {len(pred_clean)} test images: "
+            "its ACC and ASR say nothing about the attack (check the data, the learning rate, the epochs)"
+        )
+    for w in out:
+        log.warning(w)
+    return out
 
 
 def figures(attack, defense, outcome: Outcome, poisoned: PoisonedSet, test: ImageSet, triggered, out_dir) -> dict:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from backdoor_bench.attacks.base import AttackTools
-from backdoor_bench.cache import ArtifactCache, artifact_spec
+from backdoor_bench.cache import ArtifactCache, artifact_spec, atomic_torch_save, load_checkpoint
 from backdoor_bench.data.augment import SimCLRViews
 from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
 from backdoor_bench.data.loader import DeviceLoader
@@ -71,34 +71,25 @@ def data_identity(data: ImageSet) -> dict:
 
 class StageState:
     """An opaque handle on a defense stage's resumable state (e.g. ISPL's finished components):
-    `load()`, `save(obj)`, `clear()`. Where it is stored is the runner's business."""
+    `load(default, check)`, `save(obj)`, `clear()`. Where it is stored is the runner's business;
+    it is read through `cache.load_checkpoint`, so a broken state is deleted and rebuilt."""
 
     def __init__(self, path: Path | None):
-        self.load, self.save, self.clear = _state_ops(path)
+        self.path = path
 
+    def load(self, default=None, check=None):
+        """The saved state, or `default` when there is none or it is unusable (it does not load, or
+        `check(state)` raises)."""
+        state = load_checkpoint(self.path, check)
+        return default if state is None else state
 
-def _state_ops(path: Path | None):
-    from backdoor_bench.cache import atomic_torch_save
+    def save(self, obj) -> None:
+        if self.path is not None:
+            atomic_torch_save(self.path, obj)
 
-    def load(default=None):
-        if path is None or not path.exists():
-            return default
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a broken state is never trusted: start the stage again
-            log.warning("ignoring an unreadable stage state (%s); starting the stage from the beginning", e)
-            path.unlink(missing_ok=True)
-            return default
-
-    def save(obj) -> None:
-        if path is not None:
-            atomic_torch_save(path, obj)
-
-    def clear() -> None:
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-    return load, save, clear
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class Runner:

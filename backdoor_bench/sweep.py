@@ -1,4 +1,7 @@
-"""A Hydra callback that ends every multirun with a summary: which points finished, which failed."""
+"""A Hydra callback that ends every multirun with a summary: which points finished, which failed.
+
+`SweepSummary.failed` then holds the number of failed points: run.py exits 1 when it is not 0.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,27 @@ log = logging.getLogger("sweep")
 
 
 class SweepSummary(Callback):
+    failed = 0  # failed points of the last multirun in this process
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.points = []
+        SweepSummary.failed = 0
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if job_return.working_dir:
+            self.points.append(Path(job_return.working_dir))
+
     def on_multirun_end(self, config, **kwargs) -> None:
         root = Path(config.hydra.sweep.dir)
-        done = sorted(p.parent.name for p in root.rglob("results.json"))
-        failed = sorted(p.parent.name for p in root.rglob("error.json"))
-        msg = f"sweep {root}: {len(done)} of {len(done) + len(failed)} points finished"
+        # this sweep's points (a folder reused from an earlier sweep may hold others)
+        points = self.points or sorted({p.parent for p in [*root.rglob("results.json"), *root.rglob("error.json")]})
+        done = [p.name for p in points if (p / "results.json").exists()]
+        failed = [p.name for p in points if not (p / "results.json").exists()]
+        SweepSummary.failed = len(failed)
+        msg = f"sweep {root}: {len(done)} of {len(points)} points finished"
         if failed:
             msg += f"; {len(failed)} failed (see their error.json): {', '.join(failed)}"
         log.info(msg)

@@ -6,6 +6,7 @@ without a traceback.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,13 +14,68 @@ from omegaconf import OmegaConf
 
 from backdoor_bench.attacks.base import Attack
 from backdoor_bench.defenses.base import Defense
-from backdoor_bench.errors import ConfigError, instantiate_checked
+from backdoor_bench.errors import KINDS, ConfigError, check_value, instantiate_checked
 from backdoor_bench.models import build_model
 from backdoor_bench.training.features import resolve_layer
 from backdoor_bench.training.optim import configure_optimizers
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
+CONF = Path(__file__).resolve().parent.parent / "conf"
+# Keys no constructor declares take their type from the default config (conf/config.yaml,
+# conf/trainer/default.yaml); these few default to null there, so their type is stated here.
+DECLARED = {
+    "trainer.train_subset": (int, True),
+    "trainer.test_subset": (int, True),
+    "trainer.max_stage_epochs": (int, True),
+    "trainer.max_stage_steps": (int, True),
+    "dataset.num_classes": (int, False),
+    "dataset.channels": (int, False),
+    "dataset.image_size": (int, False),
+}
+OWN_CHECK = {"trainer.devices"}  # an int by default, but "auto" and [0] are fine too: checked below
+
+
+def default_kinds() -> dict[str, tuple[type, bool, object]]:
+    """`key -> (kind, nullable, default)` for every int, float or bool leaf of the default config's
+    `seed` and `trainer` (conf/trainer/default.yaml), plus `DECLARED`."""
+    out = {k: (kind, nullable, None) for k, (kind, nullable) in DECLARED.items()}
+
+    def walk(prefix: str, node) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif type(v) in KINDS.values() and f"{prefix}{k}" not in OWN_CHECK:
+                out[f"{prefix}{k}"] = (type(v), False, v)
+
+    walk("", {"seed": OmegaConf.load(CONF / "config.yaml").seed})
+    walk("trainer.", OmegaConf.to_container(OmegaConf.load(CONF / "trainer" / "default.yaml")))
+    return out
+
+
+def check_types(cfg) -> None:
+    """Every key of `default_kinds` that the run's config sets holds a value of its type."""
+    for key, (kind, nullable, default) in default_kinds().items():
+        node, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+        parent = OmegaConf.select(cfg, node) if node else cfg
+        if parent is not None and leaf in parent and not OmegaConf.is_missing(parent, leaf):
+            check_value(key, parent[leaf], kind, nullable, default)
+
+
+def check_paths(cfg) -> None:
+    """The cache folder (when the cache is on) can be created and written to."""
+    if not cfg.cache.enabled:
+        return
+    root = Path(str(cfg.paths.cache_dir)).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"paths.cache_dir={cfg.paths.cache_dir} is not writable ({e.strerror or e}): set paths.cache_dir "
+            "to a folder you can write, or cache.enabled=false"
+        ) from None
 
 
 def validate(cfg) -> tuple[Attack, Defense]:
@@ -28,6 +84,12 @@ def validate(cfg) -> tuple[Attack, Defense]:
     for key in ("num_classes", "channels", "image_size"):
         if key not in d:
             raise ConfigError(f"dataset.{key} is missing: every dataset config declares it")
+    check_types(cfg)
+    for key in ("num_classes", "channels", "image_size"):
+        if int(d[key]) < 1:
+            raise ConfigError(f"dataset.{key}={d[key]} must be at least 1")
+    if int(d.num_classes) < 2:
+        raise ConfigError(f"dataset.num_classes={d.num_classes} must be at least 2")
     source = d.source
     if "root" in d.keys() and OmegaConf.is_missing(d, "root"):
         raise ConfigError(f"dataset.root is not set: dataset={d.name} needs dataset.root=<folder or file>")
@@ -52,6 +114,14 @@ def validate(cfg) -> tuple[Attack, Defense]:
     for key in ("train_subset", "test_subset"):
         if t.get(key) is not None and int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be a positive count or null")
+    o = t.optimizer
+    if not float(o.lr) > 0:
+        raise ConfigError(f"trainer.optimizer.lr={o.lr} must be positive (for example 0.01)")
+    if float(o.get("weight_decay") or 0) < 0:
+        raise ConfigError(f"trainer.optimizer.weight_decay={o.weight_decay} must be at least 0")
+    if not 0 <= float(o.get("momentum") or 0) < 1:
+        raise ConfigError(f"trainer.optimizer.momentum={o.momentum} must be in [0, 1)")
+    check_paths(cfg)
 
     model = build_model(
         cfg.model, int(d.num_classes), int(d.channels), (0.5,) * int(d.channels), (0.5,) * int(d.channels)

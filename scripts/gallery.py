@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,6 +56,26 @@ def gallery_rows(attack, train: ImageSet, test: ImageSet, n: int, seed: int) -> 
     return rows
 
 
+def gallery(names: list[str], overrides: list[str], n: int) -> list:
+    """The (label, clean, poisoned) rows of every attack in `names` under the Hydra `overrides`."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfgs = {
+            name: compose("config", overrides=[*overrides, f"attack={name}", "logger=none", f"paths.root={ROOT}"])
+            for name in names
+        }
+    attacks = {name: validate(cfg)[0] for name, cfg in cfgs.items()}  # every config checked before any data
+    base = next(iter(cfgs.values()))
+    train, test = Runner(base).load_data()
+    rows = []
+    for name, cfg in cfgs.items():
+        attack = attacks[name]
+        attack.num_classes = train.num_classes
+        if attack.needs_tools:
+            attack.bind(Runner(cfg).attack_tools(train, cfg.attack.get("surrogate_epochs")))
+        rows += gallery_rows(attack, train, test, n, int(cfg.seed))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (dataset=..., model=..., trainer=...)")
@@ -63,29 +84,18 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4, help="images per row")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = (
-        a.attacks.split(",")
-        if a.attacks
-        else sorted(f.stem for f in (ROOT / "conf" / "attack").glob("*.yaml") if f.stem != "none")
+    known = sorted(
+        str(f.relative_to(ROOT / "conf" / "attack").with_suffix("")) for f in (ROOT / "conf" / "attack").rglob("*.yaml")
     )
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfgs = {
-            name: compose("config", overrides=[*a.overrides, f"attack={name}", "logger=none", f"paths.root={ROOT}"])
-            for name in names
-        }
-    base = next(iter(cfgs.values()))
-    train, test = Runner(base).load_data()
-    rows = []
-    for cfg in cfgs.values():
-        try:
-            attack, _ = validate(cfg)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        attack.num_classes = train.num_classes
-        if attack.needs_tools:
-            attack.bind(Runner(cfg).attack_tools(train, cfg.attack.get("surrogate_epochs")))
-        rows += gallery_rows(attack, train, test, a.n, int(cfg.seed))
+    names = a.attacks.split(",") if a.attacks else [n for n in known if "/" not in n and n != "none"]
+    try:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"--attacks: no attack config {', '.join(unknown)}: use some of {', '.join(known)}")
+        rows = gallery(names, a.overrides, a.n)
+    except (ConfigError, HydraException) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
     out = trigger_gallery(rows, Path(a.out), n=a.n)
     print(f"gallery: {len(rows)} rows ({len(names)} attacks) -> {out}")
     return 0

@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="folder for table.csv, table.tex, runs.csv, bars.png")
     a = p.parse_args(argv)
     try:
-        runs, errors = load_runs(a.dirs)
+        runs, errors = load_runs(a.dirs, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        if runs.empty:
+            raise ValueError(f"no readable results.json under {', '.join(a.dirs)}")
         reference = read_reference(a.reference) if a.reference else None
         # a reference given per poison rate is matched by rate, even when the runs share one rate
         keep = ("poison_rate",) if reference is not None and "poison_rate" in reference.columns else ()
@@ -57,6 +59,11 @@ def main(argv=None) -> int:
         f"models {sorted(runs['model'].dropna().unique())}; cells: {a.agg} over runs"
     )
     print(to_markdown(table))
+    if "warnings" in runs and runs["warnings"].sum():
+        flagged = runs[runs["warnings"] > 0]["run"].tolist()
+        print(
+            f"\n{len(flagged)} runs finished with warnings (see `warnings` in their results.json): {', '.join(flagged)}"
+        )
     if not errors.empty:
         print(f"\n{len(errors)} failed sweep points:")
         for _, e in errors.iterrows():

@@ -7,6 +7,8 @@ bottom-right corner, 10% of the training set, target 0.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from backdoor_bench.attacks.base import Attack
 from backdoor_bench.attacks.triggers import Patch
 
@@ -27,8 +29,8 @@ class BadNets(Attack):
         **kw,
     ):
         super().__init__(**kw)
-        if not isinstance(location, str):
-            location = tuple(int(v) for v in location)
+        if not isinstance(location, str):  # a ListConfig: Patch checks it is [row, col]
+            location = list(location) if isinstance(location, Iterable) else location
         self.trigger = Patch(
             size=int(size),
             location=location,

@@ -39,6 +39,16 @@ class Blended(Attack):
                 raise ConfigError(f"attack.{key}={a} is out of range: use a weight in [0, 1]")
         if pattern_path and not Path(pattern_path).expanduser().is_file():
             raise ConfigError(f"attack.pattern_path={pattern_path} is not a file: give an image or null")
+        if pattern_path:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(Path(pattern_path).expanduser()) as img:
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise ConfigError(
+                    f"attack.pattern_path={pattern_path} is not an image ({e}): give a PNG or JPEG file, or null"
+                ) from None
         self.alpha = float(alpha)
         self.test_alpha = self.alpha if test_alpha is None else float(test_alpha)
         self.pattern_path, self.pattern_seed = pattern_path, int(pattern_seed)

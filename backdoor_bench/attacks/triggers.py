@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,14 @@ class Patch:
 
     def __post_init__(self):
         k = self.key
+        if not isinstance(self.location, str):  # [row, col] of the top-left pixel
+            loc = list(self.location) if isinstance(self.location, Iterable) else None  # a ListConfig too
+            if loc is None or len(loc) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in loc):
+                raise ConfigError(
+                    f"{k}.location={self.location} is not a corner or [row, col]: use one of "
+                    f"{', '.join(CORNERS)} or two whole numbers [row, col]"
+                )
+            object.__setattr__(self, "location", tuple(loc))
         if self.pattern not in PATTERNS:
             raise ConfigError(f"{k}.pattern={self.pattern!r} is unknown: use one of {', '.join(PATTERNS)}")
         if isinstance(self.location, str) and self.location not in CORNERS:
@@ -57,9 +66,12 @@ class Patch:
 
     @classmethod
     def from_cfg(cls, cfg, key: str) -> Patch:
-        d = dict(cfg)
-        if "location" in d and not isinstance(d["location"], str):
-            d["location"] = tuple(int(v) for v in d["location"])
+        from omegaconf import OmegaConf
+
+        from backdoor_bench.errors import check_node
+
+        d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        check_node(key, d, cls)
         return cls(**d, key=key)
 
     def origin(self, h: int, w: int) -> tuple[int, int]:

@@ -23,6 +23,7 @@ uses a larger mask (a follow-up).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import torch
 
@@ -54,8 +55,8 @@ class TrojanNN(Attack):
         **kw,
     ):
         super().__init__(**kw)
-        if not isinstance(location, str):
-            location = tuple(int(v) for v in location)
+        if not isinstance(location, str):  # a ListConfig: Patch checks it is [row, col]
+            location = list(location) if isinstance(location, Iterable) else location
         self.mask = Patch(size=int(size), location=location, margin=int(margin))
         if int(neurons) < 1 or int(steps) < 1 or int(batch_size) < 1 or float(lr) <= 0:
             raise ConfigError("attack.neurons, attack.steps and attack.batch_size must be >= 1 and attack.lr > 0")

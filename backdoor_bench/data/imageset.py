@@ -110,11 +110,17 @@ def load_dataset(cfg, cached=None) -> tuple[ImageSet, ImageSet]:
         payload = build()
     train, test = ImageSet.from_payload(payload["train"]), ImageSet.from_payload(payload["test"])
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
-    if train.shape != expected:
-        raise ConfigError(
-            f"dataset.{cfg.name}: images are {train.shape} but the config declares channels={cfg.channels}, "
-            f"image_size={cfg.image_size}; set dataset.image_size / dataset.channels to match"
-        )
+    for split, data in (("training", train), ("test", test)):
+        if data.shape != expected:
+            raise ConfigError(
+                f"dataset.{cfg.name}: {split} images are {data.shape} but the config declares channels={cfg.channels}, "
+                f"image_size={cfg.image_size}; set dataset.image_size / dataset.channels to match"
+            )
+        if len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= int(cfg.num_classes)):
+            raise ConfigError(
+                f"dataset.{cfg.name}: {split} labels span {int(data.y.min())}..{int(data.y.max())} but "
+                f"dataset.num_classes={cfg.num_classes}: labels must be in 0..{int(cfg.num_classes) - 1}"
+            )
     if train.num_classes != cfg.num_classes:
         raise ConfigError(
             f"dataset.num_classes={cfg.num_classes} but {cfg.root if 'root' in cfg else cfg.name} "

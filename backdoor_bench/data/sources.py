@@ -69,6 +69,21 @@ def _pil_to_uint8(images, size: int | None = None) -> torch.Tensor:
     return torch.stack(out).permute(0, 3, 1, 2).contiguous()
 
 
+def _decode_files(files, size: int, root) -> torch.Tensor:
+    """Image files as uint8 `[N, 3, size, size]`; a file PIL cannot read (truncated, not an
+    image) is a ConfigError naming it."""
+    from PIL import Image
+
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                out.append(_pil_to_uint8([img], size))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ConfigError(f"dataset.root={root}: cannot read image {f} ({e}): replace or remove the file") from None
+    return torch.cat(out)
+
+
 def _torchvision(cls_name: str, root: str, download: bool, what: str, **split_kw):
     import torchvision
 
@@ -122,8 +137,6 @@ def gtsrb(root: str = "data", download: bool = True, image_size: int = 32):
 def image_folder(root: str, image_size: int = 32, mean=None, std=None, name: str = "image_folder"):
     """Any `root/train/<class>/*` + `root/test/<class>/*` tree, decoded once and resized to `image_size`.
     Normalisation stats are computed on the training images unless given."""
-    from PIL import Image
-
     path = _require_root(root, "train/<class>/* and test/<class>/*")
     splits = {}
     for split in ("train", "test"):
@@ -134,7 +147,7 @@ def image_folder(root: str, image_size: int = 32, mean=None, std=None, name: str
         files = [(f, c) for c, cls in enumerate(classes) for f in sorted((d / cls).iterdir()) if f.is_file()]
         if not files:
             raise ConfigError(f"dataset.root={root}: no images under {split}/<class>/")
-        x = _pil_to_uint8((Image.open(f) for f, _ in files), image_size)
+        x = _decode_files([f for f, _ in files], image_size, root)
         splits[split] = (x, torch.tensor([c for _, c in files]), classes)
     (xtr, ytr, classes), (xte, yte, classes_te) = splits["train"], splits["test"]
     if classes != classes_te:
@@ -143,23 +156,111 @@ def image_folder(root: str, image_size: int = 32, mean=None, std=None, name: str
     return ImageSet(xtr, ytr, classes, mean, std, name), ImageSet(xte, yte, classes, mean, std, name)
 
 
-def npz(root: str, mean=None, std=None, classes=None, name: str = "npz"):
-    """A `.npz` file with `x_train, y_train, x_test, y_test`; images uint8 as NHWC or NCHW."""
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def npz(root: str, mean=None, std=None, classes=None, name: str = "npz", num_classes: int | None = None):
+    """A `.npz` file with `x_train, y_train, x_test, y_test`: images uint8 (or integers in 0..255)
+    as NHWC, NCHW or NHW, labels integers in 0..num_classes-1. Everything is checked before use:
+    a float image, a label out of range, a missing array or mismatched shapes stop the run with a
+    message naming the file and the array."""
     path = _require_root(root, "an .npz file with x_train, y_train, x_test, y_test")
-    with np.load(path) as f:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-        if missing:
-            raise ConfigError(f"dataset.root={root} lacks arrays {sorted(missing)}")
-        arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-
-    def images(a):
-        a = torch.from_numpy(np.asarray(a, dtype=np.uint8))
-        if a.ndim == 3:
-            a = a[:, None]
-        return a.permute(0, 3, 1, 2).contiguous() if a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3) else a
-
-    xtr, xte = images(arrays["x_train"]), images(arrays["x_test"])
-    ytr, yte = torch.from_numpy(arrays["y_train"]).long(), torch.from_numpy(arrays["y_test"]).long()
-    classes = list(classes) if classes else [str(i) for i in range(int(max(ytr.max(), yte.max())) + 1)]
+    arrays = _read_npz(path)
+    xtr, xte = _npz_images(arrays["x_train"], "x_train", path), _npz_images(arrays["x_test"], "x_test", path)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ConfigError(
+            f"{path}: x_train images are {list(xtr.shape[1:])} but x_test images are {list(xte.shape[1:])} "
+            "(channels, height, width): both splits need the same image shape"
+        )
+    k = int(num_classes) if num_classes is not None else None
+    ytr = _npz_labels(arrays["y_train"], "y_train", len(xtr), path, k)
+    yte = _npz_labels(arrays["y_test"], "y_test", len(xte), path, k)
+    if k is None:
+        k = int(max(ytr.max(), yte.max())) + 1
+    classes = list(classes) if classes else [str(i) for i in range(k)]
     mean, std = channel_stats(xtr, mean, std)
     return ImageSet(xtr, ytr, classes, mean, std, name), ImageSet(xte, yte, classes, mean, std, name)
+
+
+def _read_npz(path: Path) -> dict:
+    """The four arrays of an .npz file; anything else (a text file, a pickle, a single .npy, a
+    truncated archive) is a ConfigError naming the file."""
+    import zipfile
+    import zlib
+
+    hint = "dataset.root must be a file written by numpy.savez with x_train, y_train, x_test, y_test"
+    if path.is_dir():
+        raise ConfigError(f"not an npz file: {path} is a folder; {hint}")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = "no numpy archive (text or pickled data)" if "pickle" in str(e) else str(e)
+        raise ConfigError(f"not an npz file: {path} ({why}); {hint}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ConfigError(f"not an npz file: {path} (a single .npy array); {hint}")
+    with f:
+        missing = sorted(set(NPZ_ARRAYS) - set(f.files))
+        if missing:
+            raise ConfigError(f"{path} lacks arrays {missing} (it has {sorted(f.files)}); {hint}")
+        try:
+            return {k: f[k] for k in NPZ_ARRAYS}
+        except ValueError as e:
+            if "pickle" not in str(e):
+                raise ConfigError(f"{path}: cannot read its arrays ({e}): write it again with numpy.savez") from None
+            raise ConfigError(
+                f"{path}: an array holds Python objects, not numbers: store uint8 images, integer labels"
+            ) from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ConfigError(
+                f"{path}: cannot read its arrays ({e}): the file is truncated or corrupt; write it again with numpy.savez"
+            ) from None
+
+
+def _npz_images(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
+    """`a` as uint8 `[N, C, H, W]`: uint8, or integers in 0..255, as NHWC, NCHW or NHW."""
+    if a.ndim not in (3, 4) or len(a) == 0:
+        raise ConfigError(
+            f"{path}: {key} has shape {list(a.shape)}: images must be a non-empty [N, H, W, C], [N, C, H, W] or [N, H, W] array"
+        )
+    if a.dtype != np.uint8:
+        lo, hi = (a.min().item(), a.max().item()) if a.dtype.kind in "iuf" else (None, None)
+        if a.dtype.kind == "f":
+            if np.isfinite(a).all() and 0 <= lo and hi <= 1:
+                raise ConfigError(
+                    f"{path}: {key} is {a.dtype} in [0, 1]: images must be uint8 in 0..255; "
+                    f"multiply by 255 and cast to uint8: (x * 255).round().astype(np.uint8)"
+                )
+            raise ConfigError(
+                f"{path}: {key} is {a.dtype} (values {lo}..{hi}): images must be uint8 in 0..255; "
+                "scale them to 0..255 and cast: x.round().astype(np.uint8)"
+            )
+        if a.dtype.kind not in "iu" or lo < 0 or hi > 255:
+            what = f"values {lo}..{hi}" if lo is not None else f"dtype {a.dtype}"
+            raise ConfigError(f"{path}: {key} holds {what}: images must be uint8 (or integers in 0..255)")
+        a = a.astype(np.uint8)
+    x = torch.from_numpy(np.ascontiguousarray(a))
+    if x.ndim == 3:
+        x = x[:, None]
+    return x.permute(0, 3, 1, 2).contiguous() if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3) else x
+
+
+def _npz_labels(a: np.ndarray, key: str, n: int, path: Path, num_classes: int | None) -> torch.Tensor:
+    """`a` as int64 `[N]`: integers in 0..num_classes-1, one per image of the split."""
+    xkey = "x" + key[1:]
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ConfigError(f"{path}: {key} has shape {list(a.shape)}: labels must be a 1-D array, one per image")
+    if len(a) != n:
+        raise ConfigError(f"{path}: {xkey} has {n} images but {key} has {len(a)} labels: give one label per image")
+    if a.dtype.kind not in "iu":
+        raise ConfigError(
+            f"{path}: {key} is {a.dtype}: labels must be integers in 0..num_classes-1; cast with .astype(np.int64)"
+        )
+    top = num_classes - 1 if num_classes is not None else None
+    bad = (a < 0) | (a > top) if top is not None else a < 0
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        rng = f"0..{top} (dataset.num_classes={num_classes})" if top is not None else "0 or more"
+        raise ConfigError(f"{path}: {key} holds label {a[i].item()} (at index {i}): labels must be integers in {rng}")
+    return torch.from_numpy(a.astype(np.int64))

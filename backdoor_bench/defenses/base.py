@@ -191,7 +191,7 @@ class DefenseContext:
         )
 
     def stage_state(self, name: str):
-        """A handle (`load(default)`, `save(obj)`, `clear()`) on stage `name`'s own resumable state,
+        """A handle (`load(default, check)`, `save(obj)`, `clear()`) on stage `name`'s own resumable state,
         for stages that are not one Lightning fit (e.g. ISPL's finished components)."""
         return self._runner.stage_state(name, self.train)
 

@@ -190,7 +190,7 @@ class ISPL(Defense):
         run). Each finished component is checkpointed, so an interrupted run resumes."""
         n0 = len(ctx.train)
         state = ctx.stage_state("ispl_components")
-        done = state.load(default=[])
+        done = state.load(default=[], check=_check_components)
         preds, sizes = [], []
         for r in range(self.runs):
             pool, sizes_r = torch.arange(n0), []
@@ -257,3 +257,12 @@ class ISPL(Defense):
                 "kept_per_self_training_round": counts,
             },
         )
+
+
+def _check_components(done) -> None:
+    """Raise unless `done` is what `ISPL.ensemble` saves: a list of {"core", "pred"} tensors."""
+    if not isinstance(done, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("core"), torch.Tensor) and isinstance(d.get("pred"), torch.Tensor)
+        for d in done
+    ):
+        raise ValueError("not a list of ISPL components")

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
 METRIC_NAMES = {
     "acc": "ACC",
@@ -57,16 +60,38 @@ def _defense_label(d: dict) -> str | None:
     return f"{d.get('name')}[{v}]" if v not in (None, "full") else d.get("name")
 
 
-def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every results.json (one row each) and every error.json (failed sweep points) under `dirs`."""
+META = ("dataset", "model", "attack", "defense", "poison_rate", "seed")  # a run's identity, not a metric
+NOT_METRICS = {"run", *META, "time_s"}
+
+
+def _read_json(path: Path, warn: Callable[[str], None]) -> dict | None:
+    """A JSON object from `path`, or None (after `warn`) when it is unreadable or not an object."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warn(f"skipping {path}: not readable JSON ({e})")
+        return None
+    if not isinstance(obj, dict):
+        warn(f"skipping {path}: a JSON {type(obj).__name__}, not a run's record")
+        return None
+    return obj
+
+
+def load_runs(dirs: list[str | Path], warn: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every results.json (one row each) and every error.json (failed sweep points) under `dirs`.
+    A file that is not a JSON object is skipped, with `warn(message naming it)` (default: a
+    logged warning): one bad file never costs the others."""
+    warn = warn or log.warning
     rows, errors = [], []
     for d in dirs:
         d = Path(d)
         if not d.exists():
             raise FileNotFoundError(f"{d} does not exist")
         for path in sorted(d.rglob("results.json")):
-            r = json.loads(path.read_text())
-            cfg = r.get("config", {})
+            r = _read_json(path, warn)
+            if r is None:
+                continue
+            cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
             row = {
                 "run": str(path.parent),
                 "dataset": r.get("data", {}).get("name"),
@@ -77,12 +102,18 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "seed": cfg.get("seed"),
                 "time_s": r.get("timing", {}).get("total"),
             }
-            row.update(r.get("metrics", {}))
+            if not isinstance(r.get("metrics"), dict):
+                warn(f"skipping {path}: it has no metrics")
+                continue
+            row.update(r["metrics"])
             row.update({k: v for k, v in (r.get("detection") or {}).items()})
             row.update({f"input_{k}": v for k, v in (r.get("input_detection") or {}).items()})
+            row["warnings"] = len(r.get("warnings") or [])
             rows.append(row)
         for path in sorted(d.rglob("error.json")):
-            errors.append({"run": str(path.parent), **json.loads(path.read_text())})
+            e = _read_json(path, warn)
+            if e is not None:
+                errors.append({"run": str(path.parent), **e})
     return pd.DataFrame(rows), pd.DataFrame(errors)
 
 
@@ -107,7 +138,17 @@ def paper_table(
         raise ValueError("no results.json found")
     if agg not in AGGREGATES:
         raise ValueError(f"agg={agg!r} is unknown: use one of {', '.join(AGGREGATES)}")
-    metrics = [m for m in metrics if m in runs.columns]
+    metrics = list(metrics)
+    known = [c for c in runs.columns if c not in NOT_METRICS and c != "warnings"]
+    unknown = [m for m in metrics if m not in known]
+    if unknown or not metrics:
+        raise ValueError(
+            f"--metrics {','.join(metrics)}: {', '.join(unknown) or 'none given'} not in these runs; "
+            f"use some of {', '.join(known)}"
+        )
+    if rows not in runs.columns or rows in ("defense", "run") or rows in known:
+        valid = [k for k in META if k != "defense" and k in runs.columns]
+        raise ValueError(f"--rows {rows} is not a run key: use one of {', '.join(valid)}")
     keys = [
         k for k in ("dataset", "model", "poison_rate") if k != rows and (k in keep or runs[k].nunique(dropna=False) > 1)
     ]

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from backdoor_bench.cache import atomic_write
+from backdoor_bench.cache import atomic_write, load_checkpoint
 from backdoor_bench.data.augment import CropFlip
 from backdoor_bench.data.loader import DeviceLoader
 
@@ -99,17 +99,17 @@ def device_of(trainer: pl.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def _usable(checkpoint: Path) -> bool:
-    """A checkpoint to resume from: present and loadable (a stale or broken one is deleted)."""
-    if not Path(checkpoint).exists():
-        return False
-    try:
-        torch.load(checkpoint, map_location="cpu", weights_only=True)
-        return True
-    except Exception as e:
-        log.warning("ignoring unusable checkpoint %s (%s); training from the start", checkpoint, e)
-        Path(checkpoint).unlink(missing_ok=True)
-        return False
+def _usable(checkpoint: Path, module: pl.LightningModule) -> bool:
+    """A checkpoint to resume from: present, loadable, and a Lightning state of `module` (the same
+    parameter names); anything else is deleted by `cache.load_checkpoint` (training starts over)."""
+
+    def check(state) -> None:
+        if not isinstance(state, dict) or not {"state_dict", "loops", "optimizer_states"} <= set(state):
+            raise ValueError("not a Lightning training checkpoint")
+        if set(state["state_dict"]) != set(module.state_dict()):
+            raise ValueError("its parameters are not this stage's model's")
+
+    return load_checkpoint(checkpoint, check) is not None
 
 
 def fit(
@@ -154,7 +154,7 @@ def fit(
             extras=extras,
         )
     ckpt_path = None
-    if checkpoint is not None and _usable(checkpoint):
+    if checkpoint is not None and _usable(checkpoint, module):
         log.info("resuming training from %s", checkpoint)
         ckpt_path = str(checkpoint)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)

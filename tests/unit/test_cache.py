@@ -51,3 +51,41 @@ def test_disabled_cache_always_builds(tmp_path):
     for _ in range(2):
         cache.get_or_build("x", {"k": 1}, lambda: calls.append(1) or {"v": torch.zeros(1)})
     assert len(calls) == 2 and not any(tmp_path.iterdir())
+
+
+def test_a_corrupt_stage_checkpoint_is_deleted_and_rebuilt(tmp_path, caplog):
+    """Every stage checkpoint goes through `load_checkpoint`: a truncated, empty or foreign file
+    is a warning and a fresh start, never an EOFError on every rerun."""
+    from backdoor_bench.runner import StageState
+
+    path = tmp_path / "partial.ckpt"
+    state = StageState(path)
+    state.save([{"core": torch.arange(3), "pred": torch.zeros(5)}])
+    assert torch.equal(state.load(default=[])[0]["core"], torch.arange(3))
+    for content in (b"", path.read_bytes()[:40], b"not a checkpoint"):
+        path.write_bytes(content)
+        assert state.load(default=[]) == [] and not path.exists()
+    assert "stage checkpoint" in caplog.text and "deleting it" in caplog.text
+    # a loadable file of the wrong shape, rejected by the stage's own check
+    state.save({"something": "else"})
+    from backdoor_bench.defenses.ispl import _check_components
+
+    assert state.load(default=[], check=_check_components) == [] and not path.exists()
+
+
+def test_a_corrupt_training_checkpoint_restarts_the_fit(tmp_path):
+    from backdoor_bench.models import ImageClassifier
+    from backdoor_bench.models.small_cnn import SmallCNN
+    from backdoor_bench.training.fit import fit
+    from backdoor_bench.training.supervised import Supervised
+    from tests.unit.test_training import tcfg
+
+    x, y = torch.zeros(8, 1, 8, 8, dtype=torch.uint8), torch.arange(8) % 2
+    t = tcfg()
+    ckpt = tmp_path / "partial.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    model = ImageClassifier(SmallCNN(2, 1, 4), (0.5,), (0.5,))
+    opt = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "schedule": "constant"}
+    fit(Supervised(model, opt, 1), x, y, t, max_epochs=1, checkpoint=ckpt)
+    assert ckpt.exists()  # rewritten by the fresh fit, which is loadable again
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
