@@ -24,8 +24,11 @@ class SweepSummary(Callback):
         SweepSummary.failed = 0
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
-        if job_return.working_dir:
-            self.points.append(Path(job_return.working_dir))
+        # the point's output folder (its working_dir is the launch folder: hydra.job.chdir is off)
+        hydra_cfg = getattr(job_return, "hydra_cfg", None) or config
+        out = hydra_cfg.get("hydra", {}).get("runtime", {}).get("output_dir") if hydra_cfg else None
+        if out:
+            self.points.append(Path(out))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         root = Path(config.hydra.sweep.dir)
