@@ -15,6 +15,14 @@ def group_members(group: str) -> list[str]:
     return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
 
 
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """An experiment's sweep: {key: its comma-separated values} from `hydra.sweeper.params`."""
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
 @pytest.fixture
 def compose():
     """compose(*overrides) -> the resolved run config (Hydra compose API, no run)."""

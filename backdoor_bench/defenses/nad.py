@@ -138,15 +138,13 @@ def pick_layers(model: torch.nn.Module, layers: list[str | int] | None) -> list[
     """`layers` as module names: null is the model's default, an integer indexes that default."""
     if layers is None:
         return default_layers(model)
-    names = []
+    if not any(isinstance(layer, int) for layer in layers):
+        return list(layers)
+    default = default_layers(model)
     for layer in layers:
-        if isinstance(layer, int):
-            default = default_layers(model)
-            if not -len(default) <= layer < len(default):
-                raise ConfigError(f"defense.layers: index {layer} is outside the model's default layers {default}")
-            layer = default[layer]
-        names.append(layer)
-    return names
+        if isinstance(layer, int) and not -len(default) <= layer < len(default):
+            raise ConfigError(f"defense.layers: index {layer} is outside the model's default layers {default}")
+    return [default[layer] if isinstance(layer, int) else layer for layer in layers]
 
 
 class NAD(Defense):

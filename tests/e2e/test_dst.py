@@ -7,9 +7,9 @@ import sys
 
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT
+from tests.conftest import ROOT
+from tests.conftest import sweep_params as sweep
 
 TABLES = {"dst/table1": 7 * 4, "dbr/table2": 7 * 7, "dst/table3": 7 * 3}
 ATTACKS = {"badnets", "badnets_all2all", "trojan", "blend_signal", "blended", "sig", "lc"}
@@ -61,11 +61,6 @@ def test_all2all_square_sits_at_rows_and_cols_28_to_30(compose):
     out = attack.apply(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     assert (out[0].sum(0) > 0).nonzero().tolist() == [[r, c] for r in range(28, 31) for c in range(28, 31)]
     assert int(out.max()) == 255 and attack.target_label(torch.tensor([3, 9])).tolist() == [4, 0]
-
-
-def sweep(table: str) -> dict[str, list[str]]:
-    params = OmegaConf.load(CONF / "experiment" / f"{table}.yaml").hydra.sweeper.params
-    return {k: str(v).split(",") for k, v in params.items()}
 
 
 @pytest.mark.parametrize("table", list(TABLES))

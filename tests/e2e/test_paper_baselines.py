@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT
+from tests.conftest import ROOT
+from tests.conftest import sweep_params as sweep
 
 TABLES = {
     "dbd/table1": {"none", "dbd", "nc", "nad", "dpsgd", "shrinkpad"},
@@ -22,11 +22,6 @@ TABLES = {
         *("none", "ft", "fp", "nad", "nc", "anp", "mcr", "i_bau", "clp", "shrinkpad", "strip", "abl", "dpsgd", "asd")
     },
 }
-
-
-def sweep(table: str) -> dict[str, list[str]]:
-    params = OmegaConf.load(CONF / "experiment" / f"{table}.yaml").hydra.sweeper.params
-    return {k: str(v).split(",") for k, v in params.items()}
 
 
 @pytest.mark.parametrize("table", list(TABLES))
