@@ -26,9 +26,10 @@ Values: 5 rounds, K = 5, the inner SGD lr 10, the regulariser 0.001, the fixed-p
 the radius 10 are the official code's (we found none of them in the paper's text); the outer Adam lr 1e-4 and
 batch 256 are BackdoorBench's (config/defense/i-bau/config.yaml: lr, batch_size, n_rounds, K); the
 official code's Adam lr 1e-3 (batch 100) wrecks the digits model in five steps (ACC 9%). The outer
-loss perturbs every image of a batch, as the paper's H does (`perturbed_share: 1.0`); the official
-code and BackdoorBench perturb int(0.01 x batch) images of each (one of 100, two of 256;
-`perturbed_share: 0.01`, here at least one). Clean data: 5% of the training set (BackdoorBench's
+loss perturbs int(0.01 x batch) images of each batch (one of 100, two of 256; here at least one),
+as the official code and BackdoorBench do (`perturbed_share: 0.01`, the default); the paper's H
+perturbs every image (`perturbed_share: 1.0`), which on the CPU-scale PreAct-ResNet-18 of the
+CIFAR-10 JPEG copy ends at 18% ACC (BadNets: 79.7% before). Clean data: 5% of the training set (BackdoorBench's
 ratio; the paper uses 5,000 held-out CIFAR-10 test images). The radius is in pixel units of [0, 1]
 images: 10 is an RMS of 0.18 per pixel on 32 x 32 x 3 images but 0.63 on 16 x 16 x 1 digits.
 `min_steps` (0 = the paper) floors the number of outer steps by adding rounds: a 5% subset of a
@@ -126,7 +127,7 @@ class IBAUnlearning(pl.LightningModule):
         inner_reg: float = 0.001,
         fixed_point_lr: float = 0.1,
         radius: float | None = 10.0,
-        perturbed_share: float = 1.0,
+        perturbed_share: float = 0.01,
         clamp: bool = True,
         seed: int = 0,
     ):
@@ -205,8 +206,8 @@ class IBAUnlearning(pl.LightningModule):
 class IBAU(Defense):
     """Args: `rounds` (5), `K` (5 fixed-point iterations), `batch_size` (256), `optimizer` (the
     outer one: Adam lr 1e-4), `inner_lr` (10), `inner_reg` (0.001), `fixed_point_lr` (0.1),
-    `radius` (10, L2, null = unbounded), `perturbed_share` (1.0: the paper's H; 0.01: the official
-    code), `clamp` (true), `min_steps` (0)."""
+    `radius` (10, L2, null = unbounded), `perturbed_share` (0.01: the official code; 1.0: the
+    paper's H), `clamp` (true), `min_steps` (0)."""
 
     needs_clean = True
 
@@ -221,7 +222,7 @@ class IBAU(Defense):
         inner_reg: float = 0.001,
         fixed_point_lr: float = 0.1,
         radius: float | None = 10.0,
-        perturbed_share: float = 1.0,
+        perturbed_share: float = 0.01,
         clamp: bool = True,
         min_steps: int = 0,
         **kw,
