@@ -9,7 +9,7 @@ from backdoor_bench.attacks.adap_blend import AdapBlend
 from backdoor_bench.attacks.adap_patch import AdapPatch
 from backdoor_bench.attacks.blend_signal import BlendSignal
 from backdoor_bench.attacks.dirty_label import DirtyLabel
-from backdoor_bench.attacks.lc import LabelConsistent
+from backdoor_bench.attacks.lc import CORNER_TRIGGERS, LabelConsistent
 from backdoor_bench.attacks.sig import SIG
 from backdoor_bench.attacks.ssba import SSBA, Encoder
 from backdoor_bench.attacks.triggers import Patch
@@ -26,16 +26,17 @@ def same_poisoning(attack_fn, d, seed=0):
 
 
 # -- blend_signal ---------------------------------------------------------------------------------
-def test_blend_signal_pattern_and_blend_exact():
-    a = BlendSignal(name="blend_signal", frequency=1, alpha=0.2)
-    p = a.pattern((1, 2, 4))
-    # 127.5 (1 + sin(2 pi j / 4)) = 127.5, 255, 127.5, 0 (the 127.5s round to 127 or 128 by float error)
-    assert p[0, :, 1].tolist() == [255, 255] and p[0, :, 3].tolist() == [0, 0]
-    assert set(p[0, :, [0, 2]].flatten().tolist()) <= {127, 128}
-    x = torch.zeros(1, 1, 2, 4, dtype=torch.uint8)
-    assert a.apply(x)[0, 0, 0, [1, 3]].tolist() == [51, 0]  # 0.2 * p, rounded
+def test_blend_signal_is_dst_square_wave_exact():
+    # D-ST's signal_cifar10_mask.npy: a vertical square wave, 4 periods on 32 columns, starting dark
+    p = BlendSignal(name="blend_signal").pattern((3, 32, 32))
+    assert p[0, 0].tolist() == ([0] * 4 + [255] * 4) * 4
+    assert torch.equal(p, p[:1, :1].expand(3, 32, 32))  # every row and channel alike
+    assert BlendSignal(name="b").pattern((1, 16, 16))[0, 5].tolist() == [0, 0, 255, 255] * 4  # scaled: 2-px bands
+    x = torch.full((1, 1, 2, 8), 100, dtype=torch.uint8)
+    a = BlendSignal(name="b", frequency=1, alpha=0.2)
+    assert a.apply(x)[0, 0, 0].tolist() == [80] * 4 + [131] * 4  # 0.8 * 100 + 0.2 * {0, 255}
     horizontal = BlendSignal(name="b", frequency=1, orientation="horizontal").pattern((1, 4, 2))
-    assert horizontal[0, [1, 3], 0].tolist() == [255, 0] and torch.equal(horizontal[0, :, 0], horizontal[0, :, 1])
+    assert horizontal[0, :, 0].tolist() == [0, 0, 255, 255] and torch.equal(horizontal[0, :, 0], horizontal[0, :, 1])
     with pytest.raises(ConfigError, match="attack.orientation"):
         BlendSignal(name="b", orientation="diagonal")
 
@@ -48,6 +49,15 @@ def test_sig_signal_exact_train_and_test_delta():
     assert a.stamp(x, torch.tensor([0]), torch.Generator())[0, 0, 0].tolist() == [100, 140, 100, 60]
     assert a.apply(x)[0, 0, 0].tolist() == [100, 160, 100, 40]
     assert a.apply(torch.zeros_like(x))[0, 0, 0].tolist() == [0, 60, 0, 0]  # clipped at 0
+    assert SIG(name="sig").test_delta == 40  # BackdoorBench: the training delta at test too
+
+
+def test_paper_presets_pin_their_triggers(compose):
+    sig, dst_sig = (compose(f"attack={a}").attack for a in ("sig", "dst/sig"))
+    assert (sig.delta, sig.test_delta, dst_sig.delta, dst_sig.test_delta) == (40, None, 40, 60)
+    lc, dst_lc, bb_lc = (compose(f"attack={a}").attack for a in ("lc", "dst/lc", "backdoorbench/lc"))
+    assert (lc.pattern, dst_lc.pattern, bb_lc.pattern) == ("all_corners", "dst_corners", "all_corners")
+    assert (bb_lc.poison_rate, bb_lc.eps, bb_lc.step_size, bb_lc.steps) == (1.0, 8, 1.5, 100)
 
 
 def test_sig_is_clean_label_on_a_share_of_the_target_class():
@@ -210,9 +220,53 @@ def test_tmr_exact():
 
 
 # -- lc -------------------------------------------------------------------------------------------
+def _marks(a, h=8, w=8):
+    """The LC trigger on a grey image as a string grid: # bright, . dark, - untouched."""
+    out = a.apply(torch.full((1, 1, h, w), 100, dtype=torch.uint8))[0, 0]
+    return ["".join({255: "#", 0: "."}.get(int(v), "-") for v in row) for row in out]
+
+
+def test_lc_all_corners_is_backdoorbench_madrylab_exact():
+    # BackdoorBench's utils/bd_img_transform/lc.py, trigger "all-corners", on 32x32 (shown on 8x8)
+    assert _marks(LabelConsistent(name="lc")) == [
+        "#..--..#",
+        ".#.--.#.",
+        "#.#--#.#",
+        "--------",
+        "--------",
+        "#..--..#",
+        ".#.--.#.",
+        "#.#--#.#",
+    ]
+
+
+def test_lc_dst_corners_is_the_dst_code_exact():
+    # D-ST/D-BR's _fourCornerTrigger: one pixel in from the top and left borders, mirrored per corner
+    assert _marks(LabelConsistent(name="lc", pattern="dst_corners"), 9, 9) == [
+        "---------",
+        "-#.#--#.#",
+        "-.#.--.#.",
+        "-#..--..#",
+        "---------",
+        "---------",
+        "-#..--..#",
+        "-.#.--.#.",
+        "-#.#--#.#",
+    ]
+    bb, dst = (
+        LabelConsistent(name="lc", pattern=p).apply(torch.full((1, 3, 32, 32), 100, dtype=torch.uint8))
+        for p in CORNER_TRIGGERS
+    )
+    assert int((bb != dst).any(1).sum()) == 33  # pixels per 32x32 image where the two references differ
+    with pytest.raises(ConfigError, match="attack.size=3"):
+        LabelConsistent(name="lc", size=2)
+
+
 def test_lc_corner_trigger_exact_and_pgd_bounded():
     d = data(40, c=4, size=8)
-    a = LabelConsistent(name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2, num_classes=4)
+    a = LabelConsistent(
+        name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2, pattern="checkerboard", num_classes=4
+    )
     x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
     out = a.apply(x)[0, 0]
     assert out.tolist() == [[255, 0, 255, 0], [0, 255, 0, 255], [255, 0, 255, 0], [0, 255, 0, 255]]
@@ -278,5 +332,3 @@ def test_dirty_label_scenario_seed_picks_the_samples_and_bad_colours_are_rejecte
     assert not torch.equal(a.poison(d, 0).poisoned, b.poison(d, 0).poisoned)
     with pytest.raises(ConfigError, match="attack.color"):
         DirtyLabel(name="dl", color=[1, 2])
-    with pytest.raises(ConfigError, match="pattern_path"):
-        BlendSignal(name="b", pattern_path=__file__)
