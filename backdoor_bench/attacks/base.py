@@ -95,6 +95,7 @@ class Attack:
         self.num_classes = num_classes
         self.poison_rate, self.poison_count = poison_rate, poison_count
         self.tools: AttackTools | None = None
+        self.assets: dict = {}  # config keys that named an asset: {key: {asset, path or "stand-in"}}
         if label_mode not in LABEL_MODES:
             raise ConfigError(f"attack.label_mode={label_mode!r} is unknown: use one of {', '.join(LABEL_MODES)}")
         if not 0.0 <= float(poison_rate) <= 1.0:

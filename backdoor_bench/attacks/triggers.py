@@ -1,11 +1,15 @@
-"""Trigger pieces several attacks share: square patches and blending on uint8 images."""
+"""Trigger pieces several attacks share: square patches, blending on uint8 images, and trigger
+files (an image, or a NumPy array as the papers' code ships them)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from backdoor_bench.errors import ConfigError
 
@@ -17,6 +21,77 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -
     """(1 - alpha) * x + alpha * pattern on uint8 images, rounded to the nearest level."""
     out = (1 - alpha) * x.float() + alpha * pattern.float()
     return out.round().clamp(0, 255).to(torch.uint8)
+
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def check_pattern_file(path: str, key: str) -> None:
+    """Raise a ConfigError naming `key` unless `path` is a readable image or .npy/.npz array."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{key}={path} is not a file: give an image, a .npy/.npz array, or null")
+    try:
+        if p.suffix in ARRAY_SUFFIXES:
+            load_array(p)
+            return
+        from PIL import Image
+
+        with Image.open(p) as img:
+            img.verify()
+    except Exception as e:  # PIL and NumPy raise many types for a bad file
+        raise ConfigError(f"{key}={path} is not an image or array ({e}): give a PNG, JPEG, .npy or .npz file") from None
+
+
+def load_array(path: Path) -> np.ndarray:
+    """A .npy array, or a .npz archive's `x` (D-ST's Trojan trigger) or only array, as float64."""
+    z = np.load(path, allow_pickle=False)
+    if isinstance(z, np.ndarray):
+        return z.astype(np.float64)
+    with z:
+        return np.asarray(z["x"] if "x" in z.files else z[z.files[0]], dtype=np.float64)
+
+
+def to_chw(arr: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """An array (HW, HWC or CHW) as float `[C, H, W]` of `shape`, resized by nearest neighbour."""
+    c, h, w = shape
+    t = torch.from_numpy(np.ascontiguousarray(arr)).double()
+    if t.ndim == 2:
+        t = t[None]
+    elif t.ndim == 3 and t.shape[0] not in (1, 3) and t.shape[-1] in (1, 3):
+        t = t.permute(2, 0, 1)
+    if t.ndim != 3:
+        raise ConfigError(f"a trigger array of shape {tuple(arr.shape)} is not an image: use HW, HWC or CHW")
+    if tuple(t.shape[1:]) != (h, w):
+        t = F.interpolate(t[None], size=(h, w), mode="nearest")[0]
+    if t.shape[0] != c:
+        t = t.mean(0, keepdim=True).expand(c, h, w) if c == 1 else t[:1].expand(c, h, w)
+    return t.contiguous()
+
+
+def with_file_hash(spec: dict, name: str, path: str | None) -> dict:
+    """A poison spec with the file's content hash (`<name>_sha256`) beside its path: editing the
+    file changes the cache key."""
+    if path:
+        from backdoor_bench.cache import sha256_file
+
+        spec[f"{name}_sha256"] = sha256_file(Path(path).expanduser())
+    return spec
+
+
+def load_pattern(path: str, shape: tuple[int, int, int], nearest: bool = False) -> torch.Tensor:
+    """A trigger file as uint8 `[C, H, W]` of `shape`: an image (resized bilinearly as PIL does for
+    BackdoorBench and DBD, or by `nearest` neighbour) or an array (rounded to levels 0..255, resized
+    by nearest neighbour)."""
+    c, h, w = shape
+    p = Path(path).expanduser()
+    if p.suffix in ARRAY_SUFFIXES:
+        return to_chw(load_array(p), shape).round().clamp(0, 255).to(torch.uint8)
+    from PIL import Image
+
+    img = Image.open(p).convert("L" if c == 1 else "RGB")
+    arr = np.asarray(img.resize((w, h), Image.NEAREST if nearest else Image.BILINEAR), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).reshape(h, w, c).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
