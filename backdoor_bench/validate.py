@@ -143,6 +143,7 @@ def validate(cfg) -> tuple[Attack, Defense]:
         )
     if not 0 <= defense.clean_fraction < 1:
         raise ConfigError(f"defense.clean_fraction={defense.clean_fraction} must be a fraction in [0, 1)")
-    if cfg.defense.get("layer") is not None:  # feature-space defenses: the layer must exist in cfg.model
-        resolve_layer(model, cfg.defense.layer)
+    for group in ("attack", "defense"):  # TrojanNN's and the feature-space defenses' layer exists in cfg.model
+        if cfg[group].get("layer") is not None:
+            resolve_layer(model, cfg[group].layer, group=group)
     return attack, defense

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -296,6 +297,35 @@ def test_trojan_optimises_inside_the_mask_only_and_caches():
     assert torch.equal(b.apply(x), out) and t.builds == ["trojan_trigger"]  # built once
     with pytest.raises(RuntimeError, match="bind"):
         TrojanNN(name="trojan").apply(x)
+
+
+@pytest.mark.parametrize("layer", [None, "backbone.body.3"])
+def test_trojan_raises_the_selected_units_of_an_internal_layer(layer):
+    d = data(64, c=4, size=8)
+    a = TrojanNN(name="trojan", size=3, layer=layer, neurons=2, steps=20, lr=0.05, batch_size=32, num_classes=4)
+    a.bind(tools(d))
+    out = a.optimise(20)
+    assert len(out["units"]) == 2 and out["activation_after"] > out["activation_before"]
+    if layer:  # a conv block: units are channels (8 of them at width 4)
+        assert out["units"].max() < 8
+
+
+def test_trojan_obeys_the_stage_cap_and_a_fixed_additive_trigger(tmp_path):
+    d = data(64, c=4, size=8)
+    t = tools(d, cap=2)
+    seen = {}
+    t.cached = lambda kind, spec, build: seen.setdefault("spec", spec) and build()
+    a = TrojanNN(name="trojan", size=3, steps=500, batch_size=16, num_classes=4)
+    a.bind(t)
+    a.trigger_pixels()
+    assert seen["spec"]["steps"] == 2  # trainer=tiny's max_stage_steps
+    trg = np.zeros((3, 4, 4))
+    trg[:, 3, 3], trg[:, 0, 0] = 200.0, -50.0
+    np.savez(tmp_path / "t.npz", x=trg)
+    fixed = TrojanNN(name="trojan", trigger_path=str(tmp_path / "t.npz"))
+    assert not fixed.needs_tools
+    out = fixed.apply(torch.full((1, 1, 4, 4), 100, dtype=torch.uint8))[0, 0]  # added, clipped (CHW -> 1 channel)
+    assert out[3, 3] == 255 and out[0, 0] == 50 and out[1, 1] == 100
 
 
 # -- ssba -----------------------------------------------------------------------------------------
