@@ -204,3 +204,72 @@ def stamp_all(patches: list[Patch], x: torch.Tensor) -> torch.Tensor:
     for p in patches:
         x = p.stamp(x)
     return x
+
+
+def rgb_to_ycrcb(x: torch.Tensor) -> torch.Tensor:
+    """Float RGB `[N, 3, H, W]` in pixel levels to OpenCV's YCrCb (channels Y, Cr, Cb; 128 offset)."""
+    r, g, b = x.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.stack([y, (r - y) * 0.713 + 128, (b - y) * 0.564 + 128], 1)
+
+
+def ycrcb_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `rgb_to_ycrcb` (OpenCV's coefficients)."""
+    y, cr, cb = x[:, 0], x[:, 1] - 128, x[:, 2] - 128
+    return torch.stack([y + 1.403 * cr, y - 0.714 * cr - 0.344 * cb, y + 1.773 * cb], 1)
+
+
+def dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix D (`D @ v` is OpenCV's `cv2.dct` of a vector v)."""
+    k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+    d = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2 / n) ** 0.5
+    d[0] /= 2**0.5
+    return d
+
+
+def frequency_trigger(
+    x: torch.Tensor, channels: list[int], window: int, positions: list[list[int]], magnitude: float, yuv: bool
+) -> torch.Tensor:
+    """FTrojan's trigger (Wang et al., ECCV 2022; also CTRL's): uint8 images to YCrCb (`yuv`, 3
+    channels), a 2-D DCT on every `window` x `window` block, `magnitude` added at each of
+    `positions` (row, col inside a block) in each of `channels`, the inverse DCT and back to RGB,
+    rounded and clipped once at the end. Single-channel images take the trigger in channel 0."""
+    out = x.double()
+    yuv = yuv and x.shape[1] == 3
+    if yuv:
+        out = rgb_to_ycrcb(out)
+    n, c, h, w = out.shape
+    d = dct_matrix(window).to(out.device)
+    blocks = out.reshape(n, c, h // window, window, w // window, window).transpose(3, 4)  # [..., bh, bw, win, win]
+    coeffs = d @ blocks @ d.T
+    for ch in channels if c > 1 else [0]:
+        for r, col in positions:
+            coeffs[:, ch, :, :, r, col] += magnitude
+    out = (d.T @ coeffs @ d).transpose(3, 4).reshape(n, c, h, w)
+    if yuv:
+        out = ycrcb_to_rgb(out)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def dither(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Colour-depth squeezing to `levels` levels per channel with Floyd-Steinberg error diffusion
+    (BppAttack's trigger, Wang et al., CVPR 2022): pixels in raster order, each rounded to the
+    nearest level, its error passed on 7/16 right, 3/16 down-left, 5/16 down, 1/16 down-right."""
+    img = x.double().clone()
+    h, w = img.shape[-2:]
+    step = 255.0 / (levels - 1)
+    for i in range(h):
+        for j in range(w):
+            old = img[..., i, j].clone()
+            new = torch.round(old / step) * step
+            img[..., i, j] = new
+            err = old - new
+            if j + 1 < w:
+                img[..., i, j + 1] += err * 7 / 16
+            if i + 1 < h:
+                if j > 0:
+                    img[..., i + 1, j - 1] += err * 3 / 16
+                img[..., i + 1, j] += err * 5 / 16
+                if j + 1 < w:
+                    img[..., i + 1, j + 1] += err * 1 / 16
+    return img.round().clamp(0, 255).to(torch.uint8)

@@ -9,11 +9,14 @@ import torch
 from backdoor_bench.attacks.adap_blend import AdapBlend
 from backdoor_bench.attacks.adap_patch import AdapPatch
 from backdoor_bench.attacks.blend_signal import BlendSignal
+from backdoor_bench.attacks.bpp import BppAttack
+from backdoor_bench.attacks.ctrl import CTRL
 from backdoor_bench.attacks.dirty_label import DirtyLabel
+from backdoor_bench.attacks.ftrojan import FTrojan
 from backdoor_bench.attacks.lc import CORNER_TRIGGERS, LabelConsistent
 from backdoor_bench.attacks.sig import SIG
 from backdoor_bench.attacks.ssba import SSBA, Encoder
-from backdoor_bench.attacks.triggers import Patch
+from backdoor_bench.attacks.triggers import Patch, dither, frequency_trigger
 from backdoor_bench.attacks.trojan import TrojanNN
 from backdoor_bench.attacks.wanet import WaNet
 from backdoor_bench.errors import ConfigError
@@ -343,6 +346,49 @@ def test_ssba_residual_is_bounded_and_sample_specific():
     assert torch.equal(a.secret(), SSBA(name="ssba", bits=4).secret())
     with pytest.raises(ConfigError, match="divisible by 4"):
         a.check(10, (3, 6, 6))
+
+
+# -- frequency and quantisation triggers (FTrojan, CTRL, BppAttack) -------------------------------
+def test_frequency_trigger_exact_on_a_flat_block():
+    x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
+    # orthonormal 2-D DCT: the DC coefficient + 8 adds 8 / 4 to every pixel
+    assert (frequency_trigger(x, [0], 4, [[0, 0]], 8, False) == 102).all()
+    # (3, 3) + 40: 40 d3(i) d3(j), d3 = sqrt(1/2) cos(3 pi (2i + 1) / 8) = .2706, -.6533, .6533, -.2706
+    out = frequency_trigger(x, [0], 4, [[3, 3]], 40, False)[0, 0]
+    assert out[0].tolist() == [103, 93, 107, 97] and out[1, 1] == 117
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
+    assert torch.equal(frequency_trigger(r, [1, 2], 8, [[0, 0]], 0, True), r)  # YCrCb and DCT round trips
+
+
+def test_ftrojan_scales_its_window_and_ctrl_is_clean_label():
+    a = FTrojan(name="ftrojan")
+    assert a.window(16, 16) == (16, [[7, 7], [15, 15]]) and a.window(32, 32) == (32, [[15, 15], [31, 31]])
+    x = torch.full((2, 3, 32, 32), 120, dtype=torch.uint8)
+    out = a.apply(x)
+    assert out.shape == x.shape and 0 < (out.int() - x.int()).abs().max() <= 10  # invisible: a few levels
+    assert torch.equal(out[0], out[1])  # the same trigger on the same image
+    d = data()
+    p = CTRL(name="ctrl", target=3, poison_rate=0.5, num_classes=10).poison(d, 0)
+    assert int(p.poisoned.sum()) == 10 and (d.y[p.poisoned] == 3).all() and torch.equal(p.train.y, d.y)
+    with pytest.raises(ConfigError, match="attack.positions"):
+        FTrojan(name="ftrojan", positions=[[40, 0]])
+    with pytest.raises(ConfigError, match="attack.window_size"):
+        FTrojan(name="ftrojan", window_size=5).check(10, (3, 32, 32))
+
+
+def test_bpp_squeezes_with_floyd_steinberg_exact():
+    x = torch.full((1, 1, 1, 3), 100, dtype=torch.uint8)
+    # 2 levels: 100 -> 0 (error 100, 7/16 right: 143.75 -> 255, error -111.25, 7/16 right: 51.3 -> 0)
+    assert dither(x, 2)[0, 0, 0].tolist() == [0, 255, 0]
+    # 8 levels without dithering: 100 / (255 / 7) = 2.745 -> 3 x 36.43 = 109.3 -> 109
+    assert BppAttack(name="bpp", dithering=False).apply(x)[0, 0, 0].tolist() == [109] * 3
+    y = torch.tensor([[[[10, 200], [60, 250]]]], dtype=torch.uint8)
+    # 4 levels (0, 85, 170, 255): 10 -> 0 (err 10: +4.4 right, +3.1 down, +0.6 down-right); 204.4 -> 170 (err 34.4,
+    # +6.5 down-left, +10.8 down); 69.6 -> 85 (err -15.4, +6.8 right); 267.4 -> 255
+    assert BppAttack(name="bpp", squeeze_num=4).apply(y)[0, 0].tolist() == [[0, 170], [85, 255]]
+    with pytest.raises(ConfigError, match="attack.squeeze_num"):
+        BppAttack(name="bpp", squeeze_num=1)
 
 
 # -- shared pieces --------------------------------------------------------------------------------
