@@ -53,7 +53,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
         metrics, detection, input_detection, warnings = evaluate(runner, attack, outcome, poisoned, test, triggered)
     results = {
         "metrics": metrics,
-        "warnings": warnings,
+        "warnings": stand_in_warnings(attack) + warnings,
+        "assets": attack.assets or None,
         "detection": detection,
         "input_detection": input_detection,
         "defense_extra": outcome.extra or None,
@@ -74,6 +75,18 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
     log.info("results: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
     log_final(runner.logger, results, figures(attack, defense, outcome, poisoned, test, triggered, out_dir))
     return results
+
+
+def stand_in_warnings(attack: Attack) -> list[str]:
+    """One line per asset the run replaced by its procedural stand-in (`assets.stand_ins=true`)."""
+    lines = [
+        f"attack.{key}: asset {a['asset']} not fetched, ran the procedural stand-in"
+        for key, a in attack.assets.items()
+        if a["path"] == "stand-in"
+    ]
+    for line in lines:
+        log.warning(line)
+    return lines
 
 
 def poison(runner: Runner, attack: Attack, train: ImageSet) -> PoisonedSet:

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from backdoor_bench.assets import resolve_attack_config
 from backdoor_bench.attacks.base import Attack
 from backdoor_bench.defenses.base import Defense
 from backdoor_bench.errors import KINDS, ConfigError, check_value, instantiate_checked
@@ -131,7 +132,9 @@ def validate(cfg) -> tuple[Attack, Defense]:
         cfg.model, int(d.num_classes), int(d.channels), (0.5,) * int(d.channels), (0.5,) * int(d.channels)
     )
     configure_optimizers(model.parameters(), OmegaConf.to_container(t.optimizer, resolve=True), 1)
-    attack = instantiate_checked("attack", cfg.attack, num_classes=int(d.num_classes))
+    attack_cfg, used_assets = resolve_attack_config(cfg.attack, cfg.get("assets"))  # `asset:NAME` -> its file
+    attack = instantiate_checked("attack", attack_cfg, num_classes=int(d.num_classes))
+    attack.assets = used_assets
     attack.check(int(d.num_classes), (int(d.channels), int(d.image_size), int(d.image_size)))
     defense = instantiate_checked("defense", cfg.defense)
     if defense.needs_clean and not defense.clean_fraction > 0:
@@ -140,6 +143,7 @@ def validate(cfg) -> tuple[Attack, Defense]:
         )
     if not 0 <= defense.clean_fraction < 1:
         raise ConfigError(f"defense.clean_fraction={defense.clean_fraction} must be a fraction in [0, 1)")
-    if cfg.defense.get("layer") is not None:  # feature-space defenses: the layer must exist in cfg.model
-        resolve_layer(model, cfg.defense.layer)
+    for group in ("attack", "defense"):  # TrojanNN's and the feature-space defenses' layer exists in cfg.model
+        if cfg[group].get("layer") is not None:
+            resolve_layer(model, cfg[group].layer, group=group)
     return attack, defense

@@ -52,6 +52,8 @@ class AttackTools:
     `fit(module, data, name, max_epochs, augment)`: trains any Lightning module with the run's
     trainer. `cached(kind, spec, build)`: a payload built once per spec (the spec gains the data
     fingerprint and seed). `spec`: what besides the attack config determines its artifacts.
+    `stage_length(n, kind)`: `n` epochs (`kind="epochs"`) or optimisation steps (`"steps"`) under
+    the trainer's stage caps (`trainer.max_stage_epochs` / `max_stage_steps`; `trainer=tiny`: 2).
     """
 
     clean: ImageSet
@@ -61,6 +63,7 @@ class AttackTools:
     device: torch.device
     seed: int
     spec: dict
+    stage_length: Callable[..., int]
 
 
 class Attack:
@@ -95,6 +98,7 @@ class Attack:
         self.num_classes = num_classes
         self.poison_rate, self.poison_count = poison_rate, poison_count
         self.tools: AttackTools | None = None
+        self.assets: dict = {}  # config keys that named an asset: {key: {asset, path or "stand-in"}}
         if label_mode not in LABEL_MODES:
             raise ConfigError(f"attack.label_mode={label_mode!r} is unknown: use one of {', '.join(LABEL_MODES)}")
         if not 0.0 <= float(poison_rate) <= 1.0:

@@ -1,26 +1,23 @@
 """Blended (Chen et al., 2017): the whole image blended with a pattern, x' = (1-alpha) x + alpha p.
 
 BackdoorBench blends "Hello Kitty" at alpha 0.2 (config/attack/blended/default.yaml). We ship no
-third-party images: the default pattern is fixed-seed uniform noise, and `pattern_path` takes
-the user's own image.
+third-party images: the default pattern is fixed-seed uniform noise; `pattern_path` takes an image
+or array file, or `asset:hello_kitty` (fetched by `python -m backdoor_bench.assets fetch`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
 
 from backdoor_bench.attacks.base import Attack
-from backdoor_bench.attacks.triggers import blend
+from backdoor_bench.attacks.triggers import blend, check_pattern_file, load_pattern, with_file_hash
 from backdoor_bench.errors import ConfigError
 
 
 class Blended(Attack):
     """Args (beyond `Attack`'s):
     alpha: blend weight in training; `test_alpha` at test time (default: the same).
-    pattern_path: an image file to blend; null uses procedural noise from `pattern_seed`.
+    pattern_path: an image or .npy/.npz array to blend (or `asset:NAME`); null: noise from `pattern_seed`.
     """
 
     test_only = ("name", "test_alpha")
@@ -37,39 +34,20 @@ class Blended(Attack):
         for key, a in (("alpha", alpha), ("test_alpha", test_alpha)):
             if a is not None and not 0.0 <= float(a) <= 1.0:
                 raise ConfigError(f"attack.{key}={a} is out of range: use a weight in [0, 1]")
-        if pattern_path and not Path(pattern_path).expanduser().is_file():
-            raise ConfigError(f"attack.pattern_path={pattern_path} is not a file: give an image or null")
         if pattern_path:
-            from PIL import Image, UnidentifiedImageError
-
-            try:
-                with Image.open(Path(pattern_path).expanduser()) as img:
-                    img.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-                raise ConfigError(
-                    f"attack.pattern_path={pattern_path} is not an image ({e}): give a PNG or JPEG file, or null"
-                ) from None
+            check_pattern_file(pattern_path, "attack.pattern_path")
         self.alpha = float(alpha)
         self.test_alpha = self.alpha if test_alpha is None else float(test_alpha)
         self.pattern_path, self.pattern_seed = pattern_path, int(pattern_seed)
 
     def poison_spec(self, cfg):
-        spec = super().poison_spec(cfg)
-        if self.pattern_path:  # the image's content, not just its name
-            from backdoor_bench.cache import sha256_file
-
-            spec["pattern_sha256"] = sha256_file(Path(self.pattern_path).expanduser())
-        return spec
+        return with_file_hash(super().poison_spec(cfg), "pattern", self.pattern_path)
 
     def pattern(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """The blend pattern as uint8 `[C, H, W]`."""
         c, h, w = shape
         if self.pattern_path:
-            from PIL import Image
-
-            img = Image.open(Path(self.pattern_path).expanduser()).convert("L" if c == 1 else "RGB")
-            arr = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.uint8)
-            return torch.from_numpy(arr.copy()).reshape(h, w, c).permute(2, 0, 1).contiguous()
+            return load_pattern(self.pattern_path, shape)
         g = torch.Generator().manual_seed(self.pattern_seed)
         return torch.randint(0, 256, (c, h, w), generator=g, dtype=torch.uint8)
 

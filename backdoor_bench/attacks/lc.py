@@ -6,9 +6,19 @@ The perturbation: untargeted L-inf PGD on the attacker's clean model (the run's 
 on the clean training set; cached and shared through `AttackTools.clean_model`), maximising the
 cross-entropy of the true label from a random start in the eps-ball. Defaults from the flows
 paper's Appendix B (Sabolic, Grubisic, Segvic; after Turner et al.): eps 16/255, step 1.5/255,
-30 steps, a 3x3 grid (checkerboard) trigger in each corner, 25% of the target class (DBD, Huang et
-al., ICLR 2022, and the flows paper; 2.5% of CIFAR-10). D-ST/D-BR's official code (Chen, Wu, Wang,
-NeurIPS 2022; utils/dataloader_bd.py) uses eps 8/255, step 2/255, 4 steps.
+30 steps, 25% of the target class (DBD, Huang et al., ICLR 2022, and the flows paper; 2.5% of
+CIFAR-10). D-ST/D-BR's official code (Chen, Wu, Wang, NeurIPS 2022; utils/dataloader_bd.py) uses
+eps 8/255, step 2/255, 4 steps.
+
+The corner trigger (`pattern`), with G = [0 0 v] [0 v 0] [v 0 v] (rows; v = `value`, 0 elsewhere):
+- `all_corners` (default): MadryLab's "all-corners" trigger as BackdoorBench stamps it
+  (utils/bd_img_transform/lc.py): G in the right-hand corners and G mirrored left-right in the
+  left-hand ones (top-left [v 0 0] [0 v 0] [v 0 v]), touching the borders; top and bottom alike.
+- `dst_corners`: D-ST/D-BR's `_fourCornerTrigger`: G at the bottom-right, mirrored towards each
+  other corner (left-right, up-down or both), the top and left patches one pixel in from the border.
+Both keep 3x3 pixels per corner on any image size (BackdoorBench resizes its 32x32 mask with
+nearest neighbour instead, which thins it out on small images). Any other `pattern` (solid,
+checkerboard, random, grid) is a `size` x `size` patch at each entry of `corners` (DBD's preset).
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.attacks.base import Attack
-from backdoor_bench.attacks.triggers import CORNERS, Patch, stamp_all
+from backdoor_bench.attacks.triggers import CORNERS, Patch
 from backdoor_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+CORNER_TRIGGERS = ("all_corners", "dst_corners")
 
 
 class LabelConsistent(Attack):
@@ -40,7 +52,7 @@ class LabelConsistent(Attack):
         steps: int = 30,
         batch_size: int = 256,
         size: int = 3,
-        pattern: str = "checkerboard",
+        pattern: str = "all_corners",
         value: int = 255,
         corners=CORNERS,
         surrogate_epochs: int | None = None,
@@ -55,17 +67,44 @@ class LabelConsistent(Attack):
             int(steps),
             int(batch_size),
         )
+        self.corner_style = pattern if pattern in CORNER_TRIGGERS else None
+        if self.corner_style and int(size) != 3:
+            raise ConfigError(f"attack.pattern={pattern} is a 3x3 pattern per corner: set attack.size=3")
+        if self.corner_style and not all(isinstance(c, str) and c in CORNERS for c in corners):
+            raise ConfigError(
+                f"attack.pattern={pattern} takes corner names in attack.corners: use {', '.join(CORNERS)}"
+            )
+        self.corners, self.value = list(corners), int(value)
         self.patches = [
-            Patch(size=int(size), location=c, pattern=pattern, value=int(value), key="attack") for c in corners
+            Patch(size=int(size), location=c, pattern="solid" if self.corner_style else pattern, value=int(value))
+            for c in self.corners
         ]
+
+    def corner_patches(self, channels: int, h: int, w: int) -> list[tuple[Patch, torch.Tensor | None]]:
+        """(patch, its pixels or None for the patch's own pattern), one per entry of `corners`."""
+        if not self.corner_style:
+            return [(p, None) for p in self.patches]
+        grid = Patch(size=3, pattern="grid", value=self.value).pixels(channels)  # G, the bottom-right form
+        out = []
+        for corner in self.corners:
+            top, left = corner.startswith("top"), corner.endswith("left")
+            if self.corner_style == "all_corners":
+                patch, flips = Patch(size=3, location=corner), [-1] if left else []
+            else:  # D-ST: mirrored towards the corner, one pixel in from the top and left borders
+                patch = Patch(size=3, location=[1 if top else h - 3, 1 if left else w - 3])
+                flips = [d for d, on in ((-2, top), (-1, left)) if on]
+            out.append((patch, grid.flip(flips) if flips else grid))
+        return out
 
     def check(self, num_classes, shape):
         super().check(num_classes, shape)
-        for p in self.patches:
+        for p, _ in self.corner_patches(*shape):
             p.check(*shape[1:])
 
     def apply(self, x):
-        return stamp_all(self.patches, x)
+        for p, pixels in self.corner_patches(*x.shape[-3:]):
+            x = p.stamp(x, pixels)
+        return x
 
     def stamp(self, x, index, generator):
         return self.apply(self.perturb(x, torch.full((len(x),), self.target), generator))

@@ -1,8 +1,8 @@
 """SIG (Barni et al., ICIP 2019): a clean-label sinusoidal signal, x' = clip(x + delta sin(2 pi j f / W)).
 
-Only target-class images are poisoned and no label changes. Defaults from D-ST/D-BR's official
-code (Chen, Wu, Wang, NeurIPS 2022; utils/dataloader_bd.py): delta 40 in training, 60 at test,
-f 6. BackdoorBench uses 40 at both (config/attack/sig/default.yaml). `poison_rate` is a fraction
+Only target-class images are poisoned and no label changes. Defaults from BackdoorBench
+(config/attack/sig/default.yaml): delta 40 in training and at test, f 6. D-ST/D-BR's official code
+(Chen, Wu, Wang, NeurIPS 2022; utils/dataloader_bd.py) tests at 60 (`attack=dst/sig`). `poison_rate` is a fraction
 of the target class: 1.0
 poisons the whole class, which is BackdoorBench's 10% of CIFAR-10.
 """
@@ -25,7 +25,7 @@ class SIG(Attack):
     rate_of = "eligible"
     test_only = ("name", "test_delta")
 
-    def __init__(self, delta: float = 40, test_delta: float | None = 60, frequency: float = 6, **kw):
+    def __init__(self, delta: float = 40, test_delta: float | None = None, frequency: float = 6, **kw):
         super().__init__(**kw)
         for key, v in (("delta", delta), ("test_delta", test_delta)):
             if v is not None and not 0 < float(v) <= 255:

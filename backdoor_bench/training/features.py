@@ -23,15 +23,15 @@ from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import extract_features, over_batches
 
 
-def resolve_layer(model: torch.nn.Module, layer: str, key: str = "layer") -> torch.nn.Module:
-    """The submodule called `layer`; a ConfigError naming `defense.<key>` and listing the valid
+def resolve_layer(model: torch.nn.Module, layer: str, key: str = "layer", group: str = "defense") -> torch.nn.Module:
+    """The submodule called `layer`; a ConfigError naming `<group>.<key>` and listing the valid
     names when there is none."""
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
         names = ", ".join(name for name in modules if name)
         null = "null (the penultimate features) or " if key == "layer" else ""
         raise ConfigError(
-            f"defense.{key}={layer!r} is not a layer of {type(model).__name__}: use {null}one of: {names}"
+            f"{group}.{key}={layer!r} is not a layer of {type(model).__name__}: use {null}one of: {names}"
         )
     return modules[layer]
 

@@ -132,6 +132,10 @@ RUN_CASES = [
         "attack.pattern_path={bad}/notimage.png is not an image",
     ),
     (["paths.cache_dir={bad}/a_file/cache"], "paths.cache_dir={bad}/a_file/cache is not writable"),
+    (
+        ["attack=backdoorbench/blended", "assets.dir={bad}/no_assets"],
+        "attack.pattern_path=asset:hello_kitty is not in {bad}/no_assets: run `python -m backdoor_bench.assets fetch hello_kitty`",
+    ),
     (["dataset.image_size=-3"], "dataset.image_size=-3 must be at least 1"),
     (["model.width=wide"], "model.width='wide' is not a whole number"),
 ]

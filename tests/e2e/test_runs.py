@@ -1,9 +1,11 @@
 """End-to-end runs of run.py at trainer=tiny, the sweep-to-table path, and the cache."""
 
+import hashlib
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, group_members, run_py
@@ -28,7 +30,9 @@ def attack_runs(tmp_path_factory):
     instead of 25), and one run for each of those. {attack: (results dir, the process's stdout)}."""
     tmp = tmp_path_factory.mktemp("attacks")
     swept = [a for a in E2E_ATTACKS if not a.startswith("ispl/")]
-    p = run_py(tmp / "sweep", tmp / "cache", f"attack={','.join(swept)}", "trainer=tiny", multirun=True, timeout=1500)
+    # no test downloads: the presets that name a paper's trigger file run its procedural stand-in
+    args = (f"attack={','.join(swept)}", "trainer=tiny", "assets.stand_ins=true", f"assets.dir={tmp / 'assets'}")
+    p = run_py(tmp / "sweep", tmp / "cache", *args, multirun=True, timeout=1500)
     runs = {}
     for d in (tmp / "sweep").iterdir():
         if d.is_dir() and d.name.split("_")[0].isdigit():
@@ -54,16 +58,29 @@ def test_every_attack_runs_end_to_end(attack_runs, attack):
     base = attack.split("/")[-1]  # presets (dbd/badnets) run their attack with a paper's settings
     if attack == "none":
         assert r["data"]["n_poisoned"] == 0
-    elif base.startswith(("sig", "lc", "dirty_label")):  # the rate is a share of the target (source) class
+    elif base.startswith(("sig", "lc", "dirty_label", "ctrl")):  # the rate is a share of the target (source) class
         assert 1 <= r["data"]["n_poisoned"] <= round(a["poison_rate"] * 256)
     else:
         assert r["data"]["n_poisoned"] == round(a["poison_rate"] * 256)
     if base in ("wanet", "adap_blend", "adap_patch"):
         assert r["data"]["n_cover"] > 0
     assert r["config"]["attack"]["name"] == base and r["detection"] is None
+    named = [k for k, v in a.items() if str(v).startswith("asset:")]  # a paper's file, not fetched here
+    assert sorted(r["assets"] or {}) == named and all("procedural stand-in" in w for w in r["warnings"][: len(named)])
     assert {"data", "poison", "defense", "evaluate", "total"} <= set(r["timing"])
     assert (out / "trigger_gallery.png").stat().st_size > 1000
     assert f"result digits {base} none" in stdout
+
+
+def test_a_fetched_asset_is_used_and_recorded(run_cli, tmp_path):
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    np.save(folder / "signal_cifar10_mask.npy", np.tile(np.repeat([0.0, 255.0], 4), (32, 4)))
+    digest = hashlib.sha256((folder / "signal_cifar10_mask.npy").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps({"dst_signal_mask": {"sha256": digest}}))  # as fetch leaves it
+    r = results(run_cli("attack=dst/blend_signal", "trainer=tiny", f"assets.dir={folder}"))
+    assert r["assets"]["pattern_path"]["path"] == str(folder / "signal_cifar10_mask.npy")
+    assert not any("stand-in" in w for w in r["warnings"])
 
 
 def test_second_run_reuses_the_backdoored_model(run_cli, tmp_path):

@@ -2,17 +2,21 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from backdoor_bench.attacks.adap_blend import AdapBlend
 from backdoor_bench.attacks.adap_patch import AdapPatch
 from backdoor_bench.attacks.blend_signal import BlendSignal
+from backdoor_bench.attacks.bpp import BppAttack
+from backdoor_bench.attacks.ctrl import CTRL
 from backdoor_bench.attacks.dirty_label import DirtyLabel
-from backdoor_bench.attacks.lc import LabelConsistent
+from backdoor_bench.attacks.ftrojan import FTrojan
+from backdoor_bench.attacks.lc import CORNER_TRIGGERS, LabelConsistent
 from backdoor_bench.attacks.sig import SIG
 from backdoor_bench.attacks.ssba import SSBA, Encoder
-from backdoor_bench.attacks.triggers import Patch
+from backdoor_bench.attacks.triggers import Patch, dither, frequency_trigger
 from backdoor_bench.attacks.trojan import TrojanNN
 from backdoor_bench.attacks.wanet import WaNet
 from backdoor_bench.errors import ConfigError
@@ -26,16 +30,17 @@ def same_poisoning(attack_fn, d, seed=0):
 
 
 # -- blend_signal ---------------------------------------------------------------------------------
-def test_blend_signal_pattern_and_blend_exact():
-    a = BlendSignal(name="blend_signal", frequency=1, alpha=0.2)
-    p = a.pattern((1, 2, 4))
-    # 127.5 (1 + sin(2 pi j / 4)) = 127.5, 255, 127.5, 0 (the 127.5s round to 127 or 128 by float error)
-    assert p[0, :, 1].tolist() == [255, 255] and p[0, :, 3].tolist() == [0, 0]
-    assert set(p[0, :, [0, 2]].flatten().tolist()) <= {127, 128}
-    x = torch.zeros(1, 1, 2, 4, dtype=torch.uint8)
-    assert a.apply(x)[0, 0, 0, [1, 3]].tolist() == [51, 0]  # 0.2 * p, rounded
+def test_blend_signal_is_dst_square_wave_exact():
+    # D-ST's signal_cifar10_mask.npy: a vertical square wave, 4 periods on 32 columns, starting dark
+    p = BlendSignal(name="blend_signal").pattern((3, 32, 32))
+    assert p[0, 0].tolist() == ([0] * 4 + [255] * 4) * 4
+    assert torch.equal(p, p[:1, :1].expand(3, 32, 32))  # every row and channel alike
+    assert BlendSignal(name="b").pattern((1, 16, 16))[0, 5].tolist() == [0, 0, 255, 255] * 4  # scaled: 2-px bands
+    x = torch.full((1, 1, 2, 8), 100, dtype=torch.uint8)
+    a = BlendSignal(name="b", frequency=1, alpha=0.2)
+    assert a.apply(x)[0, 0, 0].tolist() == [80] * 4 + [131] * 4  # 0.8 * 100 + 0.2 * {0, 255}
     horizontal = BlendSignal(name="b", frequency=1, orientation="horizontal").pattern((1, 4, 2))
-    assert horizontal[0, [1, 3], 0].tolist() == [255, 0] and torch.equal(horizontal[0, :, 0], horizontal[0, :, 1])
+    assert horizontal[0, :, 0].tolist() == [0, 0, 255, 255] and torch.equal(horizontal[0, :, 0], horizontal[0, :, 1])
     with pytest.raises(ConfigError, match="attack.orientation"):
         BlendSignal(name="b", orientation="diagonal")
 
@@ -48,6 +53,15 @@ def test_sig_signal_exact_train_and_test_delta():
     assert a.stamp(x, torch.tensor([0]), torch.Generator())[0, 0, 0].tolist() == [100, 140, 100, 60]
     assert a.apply(x)[0, 0, 0].tolist() == [100, 160, 100, 40]
     assert a.apply(torch.zeros_like(x))[0, 0, 0].tolist() == [0, 60, 0, 0]  # clipped at 0
+    assert SIG(name="sig").test_delta == 40  # BackdoorBench: the training delta at test too
+
+
+def test_paper_presets_pin_their_triggers(compose):
+    sig, dst_sig = (compose(f"attack={a}").attack for a in ("sig", "dst/sig"))
+    assert (sig.delta, sig.test_delta, dst_sig.delta, dst_sig.test_delta) == (40, None, 40, 60)
+    lc, dst_lc, bb_lc = (compose(f"attack={a}").attack for a in ("lc", "dst/lc", "backdoorbench/lc"))
+    assert (lc.pattern, dst_lc.pattern, bb_lc.pattern) == ("all_corners", "dst_corners", "all_corners")
+    assert (bb_lc.poison_rate, bb_lc.eps, bb_lc.step_size, bb_lc.steps) == (1.0, 8, 1.5, 100)
 
 
 def test_sig_is_clean_label_on_a_share_of_the_target_class():
@@ -210,9 +224,53 @@ def test_tmr_exact():
 
 
 # -- lc -------------------------------------------------------------------------------------------
+def _marks(a, h=8, w=8):
+    """The LC trigger on a grey image as a string grid: # bright, . dark, - untouched."""
+    out = a.apply(torch.full((1, 1, h, w), 100, dtype=torch.uint8))[0, 0]
+    return ["".join({255: "#", 0: "."}.get(int(v), "-") for v in row) for row in out]
+
+
+def test_lc_all_corners_is_backdoorbench_madrylab_exact():
+    # BackdoorBench's utils/bd_img_transform/lc.py, trigger "all-corners", on 32x32 (shown on 8x8)
+    assert _marks(LabelConsistent(name="lc")) == [
+        "#..--..#",
+        ".#.--.#.",
+        "#.#--#.#",
+        "--------",
+        "--------",
+        "#..--..#",
+        ".#.--.#.",
+        "#.#--#.#",
+    ]
+
+
+def test_lc_dst_corners_is_the_dst_code_exact():
+    # D-ST/D-BR's _fourCornerTrigger: one pixel in from the top and left borders, mirrored per corner
+    assert _marks(LabelConsistent(name="lc", pattern="dst_corners"), 9, 9) == [
+        "---------",
+        "-#.#--#.#",
+        "-.#.--.#.",
+        "-#..--..#",
+        "---------",
+        "---------",
+        "-#..--..#",
+        "-.#.--.#.",
+        "-#.#--#.#",
+    ]
+    bb, dst = (
+        LabelConsistent(name="lc", pattern=p).apply(torch.full((1, 3, 32, 32), 100, dtype=torch.uint8))
+        for p in CORNER_TRIGGERS
+    )
+    assert int((bb != dst).any(1).sum()) == 33  # pixels per 32x32 image where the two references differ
+    with pytest.raises(ConfigError, match="attack.size=3"):
+        LabelConsistent(name="lc", size=2)
+
+
 def test_lc_corner_trigger_exact_and_pgd_bounded():
     d = data(40, c=4, size=8)
-    a = LabelConsistent(name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2, num_classes=4)
+    a = LabelConsistent(
+        name="lc", target=1, poison_rate=0.5, eps=8, step_size=2, steps=3, size=2, pattern="checkerboard", num_classes=4
+    )
     x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
     out = a.apply(x)[0, 0]
     assert out.tolist() == [[255, 0, 255, 0], [0, 255, 0, 255], [255, 0, 255, 0], [0, 255, 0, 255]]
@@ -244,6 +302,35 @@ def test_trojan_optimises_inside_the_mask_only_and_caches():
         TrojanNN(name="trojan").apply(x)
 
 
+@pytest.mark.parametrize("layer", [None, "backbone.body.3"])
+def test_trojan_raises_the_selected_units_of_an_internal_layer(layer):
+    d = data(64, c=4, size=8)
+    a = TrojanNN(name="trojan", size=3, layer=layer, neurons=2, steps=20, lr=0.05, batch_size=32, num_classes=4)
+    a.bind(tools(d))
+    out = a.optimise(20)
+    assert len(out["units"]) == 2 and out["activation_after"] > out["activation_before"]
+    if layer:  # a conv block: units are channels (8 of them at width 4)
+        assert out["units"].max() < 8
+
+
+def test_trojan_obeys_the_stage_cap_and_a_fixed_additive_trigger(tmp_path):
+    d = data(64, c=4, size=8)
+    t = tools(d, cap=2)
+    seen = {}
+    t.cached = lambda kind, spec, build: seen.setdefault("spec", spec) and build()
+    a = TrojanNN(name="trojan", size=3, steps=500, batch_size=16, num_classes=4)
+    a.bind(t)
+    a.trigger_pixels()
+    assert seen["spec"]["steps"] == 2  # trainer=tiny's max_stage_steps
+    trg = np.zeros((3, 4, 4))
+    trg[:, 3, 3], trg[:, 0, 0] = 200.0, -50.0
+    np.savez(tmp_path / "t.npz", x=trg)
+    fixed = TrojanNN(name="trojan", trigger_path=str(tmp_path / "t.npz"))
+    assert not fixed.needs_tools
+    out = fixed.apply(torch.full((1, 1, 4, 4), 100, dtype=torch.uint8))[0, 0]  # added, clipped (CHW -> 1 channel)
+    assert out[3, 3] == 255 and out[0, 0] == 50 and out[1, 1] == 100
+
+
 # -- ssba -----------------------------------------------------------------------------------------
 def test_ssba_residual_is_bounded_and_sample_specific():
     d = data(16, size=8)
@@ -259,6 +346,49 @@ def test_ssba_residual_is_bounded_and_sample_specific():
     assert torch.equal(a.secret(), SSBA(name="ssba", bits=4).secret())
     with pytest.raises(ConfigError, match="divisible by 4"):
         a.check(10, (3, 6, 6))
+
+
+# -- frequency and quantisation triggers (FTrojan, CTRL, BppAttack) -------------------------------
+def test_frequency_trigger_exact_on_a_flat_block():
+    x = torch.full((1, 1, 4, 4), 100, dtype=torch.uint8)
+    # orthonormal 2-D DCT: the DC coefficient + 8 adds 8 / 4 to every pixel
+    assert (frequency_trigger(x, [0], 4, [[0, 0]], 8, False) == 102).all()
+    # (3, 3) + 40: 40 d3(i) d3(j), d3 = sqrt(1/2) cos(3 pi (2i + 1) / 8) = .2706, -.6533, .6533, -.2706
+    out = frequency_trigger(x, [0], 4, [[3, 3]], 40, False)[0, 0]
+    assert out[0].tolist() == [103, 93, 107, 97] and out[1, 1] == 117
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
+    assert torch.equal(frequency_trigger(r, [1, 2], 8, [[0, 0]], 0, True), r)  # YCrCb and DCT round trips
+
+
+def test_ftrojan_scales_its_window_and_ctrl_is_clean_label():
+    a = FTrojan(name="ftrojan")
+    assert a.window(16, 16) == (16, [[7, 7], [15, 15]]) and a.window(32, 32) == (32, [[15, 15], [31, 31]])
+    x = torch.full((2, 3, 32, 32), 120, dtype=torch.uint8)
+    out = a.apply(x)
+    assert out.shape == x.shape and 0 < (out.int() - x.int()).abs().max() <= 10  # invisible: a few levels
+    assert torch.equal(out[0], out[1])  # the same trigger on the same image
+    d = data()
+    p = CTRL(name="ctrl", target=3, poison_rate=0.5, num_classes=10).poison(d, 0)
+    assert int(p.poisoned.sum()) == 10 and (d.y[p.poisoned] == 3).all() and torch.equal(p.train.y, d.y)
+    with pytest.raises(ConfigError, match="attack.positions"):
+        FTrojan(name="ftrojan", positions=[[40, 0]])
+    with pytest.raises(ConfigError, match="attack.window_size"):
+        FTrojan(name="ftrojan", window_size=5).check(10, (3, 32, 32))
+
+
+def test_bpp_squeezes_with_floyd_steinberg_exact():
+    x = torch.full((1, 1, 1, 3), 100, dtype=torch.uint8)
+    # 2 levels: 100 -> 0 (error 100, 7/16 right: 143.75 -> 255, error -111.25, 7/16 right: 51.3 -> 0)
+    assert dither(x, 2)[0, 0, 0].tolist() == [0, 255, 0]
+    # 8 levels without dithering: 100 / (255 / 7) = 2.745 -> 3 x 36.43 = 109.3 -> 109
+    assert BppAttack(name="bpp", dithering=False).apply(x)[0, 0, 0].tolist() == [109] * 3
+    y = torch.tensor([[[[10, 200], [60, 250]]]], dtype=torch.uint8)
+    # 4 levels (0, 85, 170, 255): 10 -> 0 (err 10: +4.4 right, +3.1 down, +0.6 down-right); 204.4 -> 170 (err 34.4,
+    # +6.5 down-left, +10.8 down); 69.6 -> 85 (err -15.4, +6.8 right); 267.4 -> 255
+    assert BppAttack(name="bpp", squeeze_num=4).apply(y)[0, 0].tolist() == [[0, 170], [85, 255]]
+    with pytest.raises(ConfigError, match="attack.squeeze_num"):
+        BppAttack(name="bpp", squeeze_num=1)
 
 
 # -- shared pieces --------------------------------------------------------------------------------
@@ -278,5 +408,3 @@ def test_dirty_label_scenario_seed_picks_the_samples_and_bad_colours_are_rejecte
     assert not torch.equal(a.poison(d, 0).poisoned, b.poison(d, 0).poisoned)
     with pytest.raises(ConfigError, match="attack.color"):
         DirtyLabel(name="dl", color=[1, 2])
-    with pytest.raises(ConfigError, match="pattern_path"):
-        BlendSignal(name="b", pattern_path=__file__)

@@ -5,6 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from backdoor_bench.assets import resolve_attack_config
 from backdoor_bench.models import build_model
 from tests.conftest import group_members
 
@@ -43,9 +44,10 @@ def test_models_expose_features_and_head(compose, name):
 
 
 @pytest.mark.parametrize("name", group_members("attack"))
-def test_attacks_instantiate_and_trigger_uint8(compose, name):
+def test_attacks_instantiate_and_trigger_uint8(compose, name, tmp_path):
     cfg = compose(f"attack={name}")
-    attack = instantiate(cfg.attack, num_classes=10)
+    attack_cfg, _ = resolve_attack_config(cfg.attack, {"stand_ins": True, "dir": str(tmp_path)})  # no asset here
+    attack = instantiate(attack_cfg, num_classes=10)
     attack.check(10, (1, 32, 32))  # CIFAR-sized: the ISPL presets pin pixel positions up to row 27
     x = torch.randint(0, 255, (3, 1, 32, 32), dtype=torch.uint8)
     try:
