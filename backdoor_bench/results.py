@@ -41,11 +41,15 @@ def make_logger(cfg, out_dir: Path, info: RunInfo | None = None):
     tags = sorted({config["choices"][g] for g in ("dataset", "attack", "defense")})
     # a partial: the config dict goes to W&B as it is (instantiate would build its `_target_`s)
     make = instantiate(node, _partial_=True)
-    if make.keywords.get("settings") is not None:
+    settings = make.keywords.get("settings")
+    if settings is not None:
         import wandb
 
-        # W&B checks wandb.init's arguments (and warns) before the run's settings apply
-        wandb.setup(settings=make.keywords["settings"])
+        # W&B checks wandb.init's arguments (and warns) before a run's settings apply: they go to
+        # its setup first, offline included (the process setup starts keeps its mode)
+        if node.get("offline"):
+            settings.mode = "offline"
+        wandb.setup(settings=settings)
     return make(
         name=node.get("name") or info.run_name(cfg),
         group=node.get("group") or info.group,

@@ -1,6 +1,6 @@
 """W&B offline runs read back from their files (config, summary, images, the verdict table), the
 quiet console, the result line's detection figures and sweep point folders that name their
-values: one two-point sweep at trainer=tiny, no network (WANDB_MODE=offline, W&B's folders in tmp)."""
+values: one two-point sweep at trainer=tiny, no network (offline by default, W&B's folders in tmp)."""
 
 import json
 
@@ -19,7 +19,10 @@ POINTS = [
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb")
     env = {f"WANDB_{k}_DIR": str(tmp / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
-    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp / "wandb"), WANDB_SILENT=None)  # W&B as a user has it
+    # W&B as a user has it: offline by the config alone (WANDB_MODE unset), silent without
+    # WANDB_SILENT; an attempt to go online would fail at once on a dead local address
+    env.update(WANDB_DIR=str(tmp / "wandb"), WANDB_MODE=None, WANDB_SILENT=None, WANDB_API_KEY=None)
+    env.update(WANDB_BASE_URL="http://127.0.0.1:9")
     args = ("attack.poison_rate=0.05,0.1", "defense=spectral", "trainer=tiny", "logger=wandb")
     return run_py(tmp / "sweep", tmp / "cache", *args, multirun=True, env=env)
 
