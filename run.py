@@ -26,7 +26,9 @@ from omegaconf import DictConfig
 
 from backdoor_bench.cache import atomic_write_json
 from backdoor_bench.errors import ConfigError
-from backdoor_bench.sweep import SweepSummary
+from backdoor_bench.results import result_line
+from backdoor_bench.run_info import RunInfo
+from backdoor_bench.sweep import SweepSummary, done_before
 
 log = logging.getLogger("run")
 OUTCOMES = ("results.json", "error.json")  # what a finished run leaves in its folder
@@ -53,7 +55,9 @@ def log_to_file(level: int, msg: str) -> None:
 
 
 def fail(out_dir: Path, kind: str, error: str, tb: str | None = None) -> None:
-    """Mark the run as failed: error.json (`kind`: config, failed, interrupted) and run.log."""
+    """Mark the run as failed: error.json (`kind`: config, failed, interrupted; an older
+    results.json in the folder removed) and run.log."""
+    (out_dir / "results.json").unlink(missing_ok=True)
     log_to_file(logging.ERROR, f"{kind} error: {error}" + (f"\n{tb}" if tb else ""))
     atomic_write_json(out_dir / "error.json", {"error": error, "kind": kind, **({"traceback": tb} if tb else {})})
 
@@ -65,11 +69,16 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    for name in OUTCOMES:  # a rerun into the same folder: the old outcome is not this run's
-        (out_dir / name).unlink(missing_ok=True)
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        results = run(cfg, out_dir)
+        if done_before(cfg, out_dir):  # sweep.skip_done: this point finished in an earlier run
+            results = json.loads((out_dir / "results.json").read_text())
+            log.info("skipped: %s/results.json holds this config's results (sweep.skip_done=true)", out_dir)
+            print(result_line(results, out_dir / "results.json", note="skipped: finished before"))
+            return results["metrics"].get("acc")
+        for name in OUTCOMES:  # a rerun into the same folder: the old outcome is not this run's
+            (out_dir / name).unlink(missing_ok=True)
+        results = run(cfg, out_dir, RunInfo.from_hydra(hc, multirun))
     except Interrupted as e:
         fail(out_dir, "interrupted", f"interrupted by {e}")
         print(f"error: interrupted by {e}; {out_dir}/error.json marks the run as unfinished", file=sys.stderr)
@@ -90,15 +99,10 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    m = results["metrics"]
-    summary = {k: (round(v, 4) if v is not None else None) for k, v in m.items()}
-    print(
-        f"result {cfg.dataset.name} {cfg.attack.name} {cfg.defense.name}: {json.dumps(summary)}  "
-        f"({results['timing']['total']:.1f}s, {out_dir}/results.json)"
-    )
+    print(result_line(results, out_dir / "results.json"))
     for w in results.get("warnings") or []:
         print(f"warning: {w}", file=sys.stderr)
-    return m["acc"]
+    return results["metrics"]["acc"]
 
 
 def cli() -> None:

@@ -20,7 +20,8 @@ from backdoor_bench.data.imageset import ImageSet
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, trusted_clean_subset
 from backdoor_bench.figures import score_histogram, trigger_gallery
 from backdoor_bench.metrics import attack_metrics, detection_metrics, input_detection_metrics
-from backdoor_bench.results import close_logger, log_final, make_logger, versions
+from backdoor_bench.results import close_logger, is_wandb, log_final, make_logger, verdict_table, versions
+from backdoor_bench.run_info import RunInfo
 from backdoor_bench.runner import Runner
 from backdoor_bench.training.fit import predict
 from backdoor_bench.validate import validate
@@ -28,18 +29,19 @@ from backdoor_bench.validate import validate
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run one experiment point and return (and write) its results."""
-    out_dir = Path(out_dir)
+def run(cfg: DictConfig, out_dir: str | Path, info: RunInfo | None = None) -> dict:
+    """Run one experiment point and return (and write) its results. `info`: how it was launched
+    (the options chosen, its overrides, its sweep), recorded in results.json and the logger."""
+    out_dir, info = Path(out_dir), info or RunInfo()
     attack, defense = validate(cfg)  # every config check happens here, before any data or training
-    logger = make_logger(cfg, out_dir)
+    logger = make_logger(cfg, out_dir, info)
     try:
-        return _run(cfg, out_dir, attack, defense, Runner(cfg, logger))
+        return _run(cfg, out_dir, attack, defense, Runner(cfg, logger), info)
     finally:
         close_logger(logger)  # also when a sweep point fails: the next point gets its own W&B run
 
 
-def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -> dict:
+def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, info: RunInfo) -> dict:
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     with runner.timed("data"):
         train, test = runner.load_data()
@@ -59,6 +61,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
         "input_detection": input_detection,
         "defense_extra": outcome.extra or None,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "choices": info.choices or None,  # the options by their full name (attack: dst/badnets)
+        "overrides": list(info.overrides),
         "timing": {**runner.timings, "total": round(sum(v for k, v in runner.timings.items() if "/" not in k), 3)},
         "versions": versions(),
         "data": {
@@ -73,7 +77,10 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner) -
     }
     atomic_write_json(out_dir / "results.json", results)
     log.info("results: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
-    log_final(runner.logger, results, figures(attack, defense, outcome, poisoned, test, triggered, out_dir))
+    images = figures(attack, defense, outcome, poisoned, test, triggered, out_dir)
+    log_final(
+        runner.logger, results, images, verdict_table(outcome.verdict, poisoned) if is_wandb(runner.logger) else None
+    )
     return results
 
 

@@ -25,12 +25,15 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Keys no constructor declares take their type from the default config (conf/config.yaml,
-# conf/trainer/default.yaml); these few default to null there, so their type is stated here.
+# conf/trainer/default.yaml); these few default to null there (or live outside `trainer`), so
+# their type is stated here.
 DECLARED = {
     "trainer.train_subset": (int, True),
     "trainer.test_subset": (int, True),
     "trainer.max_stage_epochs": (int, True),
     "trainer.max_stage_steps": (int, True),
+    "trainer.progress_bar": (bool, True),
+    "sweep.skip_done": (bool, False),
     "dataset.num_classes": (int, False),
     "dataset.channels": (int, False),
     "dataset.image_size": (int, False),

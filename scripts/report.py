@@ -19,6 +19,7 @@ from pathlib import Path
 from backdoor_bench.report.table import (
     AGGREGATES,
     bar_chart,
+    base_names,
     load_runs,
     paper_table,
     read_reference,
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         keep = ("poison_rate",) if reference is not None and "poison_rate" in reference.columns else ()
         table = paper_table(runs, a.metrics.split(","), rows=a.rows, keep=keep, agg=a.agg)
         if reference is not None:
-            table = with_reference(table, reference)
+            table = with_reference(table, reference, base_names(runs))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,7 +38,8 @@ def compose():
 
 def run_py(out: Path, cache: Path, *args, multirun=False, check=True, env=None, timeout=600):
     """`python run.py` in a subprocess writing to `out` (a run or sweep dir) with the cache at
-    `cache`; `logger=none` unless the args name a logger. The result has `.out_dir`."""
+    `cache`; `logger=none` unless the args name a logger; `env` adds to (a None value: removes
+    from) the environment, where W&B is silent. The result has `.out_dir`."""
     cmd = [sys.executable, str(ROOT / "run.py")]
     if multirun:
         cmd.append("-m")
@@ -46,7 +47,7 @@ def run_py(out: Path, cache: Path, *args, multirun=False, check=True, env=None, 
     if not any(a.startswith("logger=") for a in args):
         cmd.append("logger=none")
     cmd += list(args)
-    e = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    e = {k: v for k, v in {**os.environ, "WANDB_SILENT": "true", **(env or {})}.items() if v is not None}
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=e, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"run.py failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

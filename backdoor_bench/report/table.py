@@ -51,17 +51,20 @@ def _model_name(cfg: dict) -> str:
     return f"{name}-w{m['width']}" if "width" in m else name
 
 
-def _defense_label(d: dict) -> str | None:
-    """The defense's `label` when its config sets one; else its name, with a non-default `variant`
+def _defense_label(d: dict, choice: str | None = None) -> str | None:
+    """The defense's `label` when its config sets one; else its option's full name (`choice`,
+    e.g. `nad/dbd`; older results.json files have none: its `name`), with a non-default `variant`
     (an ablation, e.g. DBD's) as `name[variant]`."""
     if d.get("label"):
         return d["label"]
-    v = d.get("variant")
-    return f"{d.get('name')}[{v}]" if v not in (None, "full") else d.get("name")
+    v, name = d.get("variant"), choice or d.get("name")
+    return f"{name}[{v}]" if v not in (None, "full") else name
 
 
 META = ("dataset", "model", "attack", "defense", "poison_rate", "seed")  # a run's identity, not a metric
-NOT_METRICS = {"run", *META, "time_s"}
+# an option's name in its config (`badnets` of `dst/badnets`): what reference tables call it
+BASE_NAMES = ("attack_name", "defense_name")
+NOT_METRICS = {"run", *META, *BASE_NAMES, "time_s"}
 
 
 def _read_json(path: Path, warn: Callable[[str], None]) -> dict | None:
@@ -92,12 +95,15 @@ def load_runs(dirs: list[str | Path], warn: Callable[[str], None] | None = None)
             if r is None:
                 continue
             cfg = r.get("config") if isinstance(r.get("config"), dict) else {}
+            choices = r.get("choices") if isinstance(r.get("choices"), dict) else {}
             row = {
                 "run": str(path.parent),
                 "dataset": r.get("data", {}).get("name"),
                 "model": _model_name(cfg),
-                "attack": cfg.get("attack", {}).get("name"),
-                "defense": _defense_label(cfg.get("defense", {})),
+                "attack": choices.get("attack") or cfg.get("attack", {}).get("name"),
+                "defense": _defense_label(cfg.get("defense", {}), choices.get("defense")),
+                "attack_name": cfg.get("attack", {}).get("name"),
+                "defense_name": _defense_label(cfg.get("defense", {})),
                 "poison_rate": cfg.get("attack", {}).get("poison_rate"),
                 "seed": cfg.get("seed"),
                 "time_s": r.get("timing", {}).get("total"),
@@ -178,24 +184,36 @@ def read_reference(name_or_path: str) -> pd.DataFrame:
     return pd.read_csv(path, comment="#")
 
 
-def with_reference(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+def base_names(runs: pd.DataFrame) -> dict:
+    """{an attack's or defense's label in the table (`dst/badnets`): its config name (`badnets`)}."""
+    pairs = [zip(runs[c], runs[f"{c}_name"]) for c in ("attack", "defense") if f"{c}_name" in runs]
+    return {label: name for pair in pairs for label, name in pair if label != name and isinstance(name, str)}
+
+
+def with_reference(table: pd.DataFrame, reference: pd.DataFrame, aliases: dict | None = None) -> pd.DataFrame:
     """Interleave ours, the paper's and ours-minus-paper for every (defense, metric) column. A
-    reference with a `poison_rate` column is matched on the rate too when the table has one."""
+    reference with a `poison_rate` column is matched on the rate too when the table has one. A
+    row or column the reference lacks by its label (a preset, `dst/badnets`) is matched by its
+    config name from `aliases` (`base_names`: `badnets`)."""
     by_rate = "poison_rate" in reference.columns and "poison_rate" in (table.index.names or [])
     ref = reference.set_index(["attack", "defense", *(["poison_rate"] if by_rate else [])])
     attacks = table.index.get_level_values(-1)  # the row key is the innermost level
     rates = table.index.get_level_values("poison_rate") if by_rate else [None] * len(table)
+    aliases = aliases or {}
+
+    def published(metric: str, a: str, d: str, r) -> float:
+        for key in ((a, d), (aliases.get(a, a), d), (a, aliases.get(d, d)), (aliases.get(a, a), aliases.get(d, d))):
+            key = (*key, float(r)) if by_rate else key
+            if metric in ref and key in ref.index:
+                return ref[metric].get(key, float("nan"))
+        return float("nan")
+
     cols, data = [], {}
     for defense, mname in table.columns:
         metric = next((k for k, v in METRIC_NAMES.items() if v == mname), mname)
         ours = table[(defense, mname)]
         paper = pd.Series(
-            [
-                ref[metric].get((a, defense, float(r)) if by_rate else (a, defense), float("nan"))
-                if metric in ref
-                else float("nan")
-                for a, r in zip(attacks, rates)
-            ],
+            [published(metric, a, defense, r) for a, r in zip(attacks, rates)],
             index=table.index,
             dtype=float,
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from backdoor_bench.cache import atomic_write, load_checkpoint
 from backdoor_bench.data.augment import CropFlip
 from backdoor_bench.data.loader import DeviceLoader
+from backdoor_bench.quiet import silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,18 @@ class _EpochLog(pl.Callback):
         )
 
 
+def show_progress_bar(tcfg, stdout=None) -> bool:
+    """`trainer.progress_bar`: true or false as set; null (the default): only when stdout is a
+    terminal, so a run piped to a file or a job log writes no bar updates (run.log keeps one line
+    per epoch either way)."""
+    setting = tcfg.get("progress_bar")
+    if setting is not None:
+        return bool(setting)
+    return bool((stdout or sys.stdout).isatty())
+
+
 def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer:
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LightningModule.*has parameters that were not used.*")
+    silence_known_warnings()
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
@@ -86,7 +96,7 @@ def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer
         logger=logger if logger is not None else False,
         callbacks=[_EpochLog(), *callbacks],
         enable_checkpointing=False,
-        enable_progress_bar=bool(tcfg.progress_bar),
+        enable_progress_bar=show_progress_bar(tcfg),
         enable_model_summary=False,
         log_every_n_steps=tcfg.log_every_n_steps,
         num_sanity_val_steps=0,

@@ -16,7 +16,7 @@ def test_a_sweep_whose_points_all_fail_exits_1_after_its_summary(run_cli):
     p = run_cli("trainer=tiny", "attack.poison_rate=1.5,2.0", multirun=True, check=False)
     assert p.returncode == 1, p.stderr[-2000:]
     assert "0 of 2 points finished; 2 failed" in p.stdout
-    for point in ("0_badnets_none", "1_badnets_none"):
+    for point in ("0_trainer=tiny,attack.poison_rate=1.5", "1_trainer=tiny,attack.poison_rate=2.0"):
         error = json.loads((p.out_dir / point / "error.json").read_text())
         assert error["kind"] == "config" and "attack.poison_rate" in error["error"]
         assert "config error" in (p.out_dir / point / "run.log").read_text()
@@ -24,7 +24,7 @@ def test_a_sweep_whose_points_all_fail_exits_1_after_its_summary(run_cli):
 
 def test_a_rerun_clears_each_points_old_outcome(run_cli):
     first = run_cli("trainer=tiny", "trainer.max_epochs=0", multirun=True, check=False)
-    point = first.out_dir / "0_badnets_none"
+    point = first.out_dir / "0_trainer=tiny,trainer.max_epochs=0"
     assert (point / "error.json").exists()
     (point / "results.json").write_text(json.dumps({"metrics": {"acc": 1.0}}))  # an older success
     again = run_cli("trainer=tiny", "trainer.max_epochs=0", multirun=True, check=False)

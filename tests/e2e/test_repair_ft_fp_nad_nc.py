@@ -6,7 +6,7 @@ import json
 
 def test_repairs_run_end_to_end(run_cli):
     p = run_cli("defense=ft,fp,nad,nc", "trainer=tiny", multirun=True)
-    runs = {path.parent.name.split("_", 2)[-1]: path for path in p.out_dir.rglob("results.json")}
+    runs = {json.loads(path.read_text())["choices"]["defense"]: path for path in p.out_dir.rglob("results.json")}
     assert sorted(runs) == ["fp", "ft", "nad", "nc"], p.stdout[-2000:]
     r = {name: json.loads(path.read_text()) for name, path in runs.items()}
     for name, res in r.items():

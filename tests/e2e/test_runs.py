@@ -69,7 +69,7 @@ def test_every_attack_runs_end_to_end(attack_runs, attack):
     assert sorted(r["assets"] or {}) == named and all("procedural stand-in" in w for w in r["warnings"][: len(named)])
     assert {"data", "poison", "defense", "evaluate", "total"} <= set(r["timing"])
     assert (out / "trigger_gallery.png").stat().st_size > 1000
-    assert f"result digits {base} none" in stdout
+    assert f"result digits {attack} none: " in stdout  # a preset by its full name
 
 
 def test_a_fetched_asset_is_used_and_recorded(run_cli, tmp_path):
@@ -92,11 +92,6 @@ def test_second_run_reuses_the_backdoored_model(run_cli, tmp_path):
     assert results(first)["metrics"] == results(second)["metrics"]
     assert [e["reused"] for e in results(second)["cache"]] == [True, True]
     assert list((first.out_dir / "csv").rglob("metrics.csv"))
-
-
-def test_wandb_offline_logger(run_cli):
-    p = run_cli("trainer=tiny", "logger=wandb", env={"WANDB_MODE": "offline"})
-    assert list((p.out_dir / "wandb").glob("offline-run-*")), "W&B keeps an offline run in the run directory"
 
 
 def test_multirun_to_table(run_cli, tmp_path):
