@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,11 +77,13 @@ def sha256_file(path: Path) -> str:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """`write(tmp)` a temporary file beside `path`, flush it to disk, then rename it over `path`:
-    readers see the old file or the whole new one, never a partial one."""
+    readers see the old file or the whole new one, never a partial one. The file gets the mode
+    any new file gets (0666 less the umask: with umask 022, readable by the group and others),
+    not `tempfile.mkstemp`'s private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

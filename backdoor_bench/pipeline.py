@@ -74,6 +74,7 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, i
             "n_cover": int(poisoned.cover.sum()),
         },
         "cache": runner.cache.events,
+        "resumed": runner.resumed,
     }
     atomic_write_json(out_dir / "results.json", results)
     log.info("results: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))

@@ -72,16 +72,22 @@ def data_identity(data: ImageSet) -> dict:
 class StageState:
     """An opaque handle on a defense stage's resumable state (e.g. ISPL's finished components):
     `load(default, check)`, `save(obj)`, `clear()`. Where it is stored is the runner's business;
-    it is read through `cache.load_checkpoint`, so a broken state is deleted and rebuilt."""
+    it is read through `cache.load_checkpoint`, so a broken state is deleted and rebuilt. A state
+    that loads is appended to `resumed` (the run's record, for results.json) as
+    `{"stage": name, "checkpoint": path}`."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, path: Path | None, name: str = "", resumed: list | None = None):
+        self.path, self.name, self.resumed = path, name, resumed
 
     def load(self, default=None, check=None):
         """The saved state, or `default` when there is none or it is unusable (it does not load, or
         `check(state)` raises)."""
         state = load_checkpoint(self.path, check)
-        return default if state is None else state
+        if state is None:
+            return default
+        if self.resumed is not None:
+            self.resumed.append({"stage": self.name, "checkpoint": str(self.path)})
+        return state
 
     def save(self, obj) -> None:
         if self.path is not None:
@@ -105,6 +111,7 @@ class Runner:
         self.channels_last = bool(cfg.trainer.channels_last)
         self.augment = augmentation(cfg.dataset)  # the dataset's training augmentation, or None
         self.timings: dict[str, float] = {}
+        self.resumed: list[dict] = []  # the trainings and stage states this run resumed, for results.json
 
     def without(self, *groups: str) -> Runner:
         """This runner (same cache, logger and timings) over the config less `groups`: what a
@@ -211,6 +218,7 @@ class Runner:
                 extras=extras,
                 batch_size=batch_size,
                 loader=loader,
+                on_resume=lambda info: self.resumed.append({"stage": f"train/{name}", **info}),
             )
 
     def stage(
@@ -234,7 +242,7 @@ class Runner:
 
     def stage_state(self, name: str, data: ImageSet) -> StageState:
         """A handle on stage `name`'s resumable state (nothing is kept with the cache off)."""
-        return StageState(self._stage_path(name, data))
+        return StageState(self._stage_path(name, data), name, self.resumed)
 
     def _stage_path(self, name: str, data: ImageSet) -> Path | None:
         if not self.cache.enabled:

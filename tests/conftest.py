@@ -23,6 +23,43 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
     return {k: str(v).split(",") for k, v in params.items()}
 
 
+# a paper's table at test scale: the tiny trainer on digits with the small CNN
+TINY_DIGITS = ("trainer=tiny", "dataset=digits", "model=small_cnn")
+
+
+def sweep_points(experiment: str, **only: str) -> list[dict[str, str]]:
+    """Every point of an experiment's sweep as {key: value}; `only` replaces a key's values
+    (`defense="none,dbd"`), as the same override on the command line would."""
+    import itertools
+
+    params = {**sweep_params(experiment), **{k: v.split(",") for k, v in only.items()}}
+    return [dict(zip(params, values, strict=True)) for values in itertools.product(*params.values())]
+
+
+def run_table(out: Path, cache: Path, experiment: str, *args, **only: str):
+    """A slice of a paper's table as one multirun at TINY_DIGITS: `only` picks the slice (`attack=
+    "dbd/badnets"`); every point must finish. The result has `.out_dir` and `.results` (one dict
+    per point, in sweep order)."""
+    import json
+
+    picked = [f"{k}={v}" for k, v in only.items()]
+    p = run_py(out, cache, f"experiment={experiment}", *picked, *TINY_DIGITS, *args, multirun=True, timeout=1500)
+    n = len(sweep_points(experiment, **only))
+    runs = sorted(out.glob("*/results.json"), key=lambda f: int(f.parent.name.split("_")[0]))
+    assert len(runs) == n and not list(out.rglob("error.json")), p.stdout[-2000:]
+    p.results = [json.loads(f.read_text()) for f in runs]
+    return p
+
+
+def report_table(out_dir: Path, *args) -> str:
+    """`scripts/report.py out_dir *args`'s table (it must exit 0)."""
+    p = subprocess.run(
+        [sys.executable, "scripts/report.py", str(out_dir), *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 @pytest.fixture
 def compose():
     """compose(*overrides) -> the resolved run config (Hydra compose API, no run)."""

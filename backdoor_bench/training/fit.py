@@ -7,6 +7,8 @@ import logging
 import math
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -109,9 +111,10 @@ def device_of(trainer: pl.Trainer) -> torch.device:
     return trainer.strategy.root_device
 
 
-def _usable(checkpoint: Path, module: pl.LightningModule) -> bool:
-    """A checkpoint to resume from: present, loadable, and a Lightning state of `module` (the same
-    parameter names); anything else is deleted by `cache.load_checkpoint` (training starts over)."""
+def _usable(checkpoint: Path, module: pl.LightningModule) -> dict | None:
+    """A checkpoint to resume from (its state), or None: present, loadable, and a Lightning state
+    of `module` (the same parameter names); anything else is deleted by `cache.load_checkpoint`
+    (training starts over)."""
 
     def check(state) -> None:
         if not isinstance(state, dict) or not {"state_dict", "loops", "optimizer_states"} <= set(state):
@@ -119,7 +122,7 @@ def _usable(checkpoint: Path, module: pl.LightningModule) -> bool:
         if set(state["state_dict"]) != set(module.state_dict()):
             raise ValueError("its parameters are not this stage's model's")
 
-    return load_checkpoint(checkpoint, check) is not None
+    return load_checkpoint(checkpoint, check)
 
 
 def fit(
@@ -137,6 +140,7 @@ def fit(
     batch_size: int | None = None,
     callbacks=(),
     loader=None,
+    on_resume: Callable[[dict], None] | None = None,
 ) -> pl.LightningModule:
     """Train `module` on uint8 images `x` with labels `y` for `max_epochs`.
 
@@ -146,6 +150,7 @@ def fit(
     is resumed from, so an interrupted run continues where it stopped (from the last saved epoch;
     the shuffling order after a resume differs from an uninterrupted run's). `loader(device)`, when given,
     builds the batches instead of a shuffled `DeviceLoader` over `x`, `y` (e.g. MixMatch's).
+    `on_resume({"checkpoint": path, "epochs_done": n})` is called when training resumes.
     """
     every_s = float(tcfg.get("checkpoint_every_s", 60) or 0)
     callbacks = [*callbacks, *([_SaveEachEpoch(checkpoint, every_s)] if checkpoint is not None else [])]
@@ -164,9 +169,13 @@ def fit(
             extras=extras,
         )
     ckpt_path = None
-    if checkpoint is not None and _usable(checkpoint, module):
-        log.info("resuming training from %s", checkpoint)
+    state = _usable(checkpoint, module) if checkpoint is not None else None
+    if state is not None:
+        done = int(state.get("epoch", -1)) + 1  # Lightning saves the index of the finished epoch
+        log.info("resuming training from %s (%d epochs done)", checkpoint, done)
         ckpt_path = str(checkpoint)
+        if on_resume is not None:
+            on_resume({"checkpoint": str(checkpoint), "epochs_done": done})
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return module
 

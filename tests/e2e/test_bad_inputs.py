@@ -2,21 +2,18 @@
 status 2 and one last stderr line `error: ...` that names the key or the file to change, no
 traceback, and no cache entry left behind.
 
-run.py cases run the script itself (`runpy.run_path("run.py", run_name="__main__")`, as `python
-run.py` does) in a forked child process per case, so the seconds of importing torch and Lightning
-are paid once for the whole catalogue;
-`test_a_real_subprocess_agrees` checks one case through `run_cli` (a fresh `python run.py`). The
-config-only cases (keys, values) are in test_validation.py; these are the inputs users met.
+Every case goes through its script's real entry point: one fresh `python tests/e2e/entry_points.py`
+process runs the whole catalogue, each case as `python <script> <args>` would run (the script as
+`__main__` with its `sys.argv`, in a child forked from that process), so the seconds of importing
+torch and Lightning are paid once; `test_a_real_subprocess_agrees` checks that one case prints
+the same through a plain `python run.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import runpy
+import subprocess
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,43 +60,6 @@ def bad(tmp_path_factory) -> Path:
     return d
 
 
-def forked_run(*args, tmp: Path) -> SimpleNamespace:
-    """`python run.py *args` as `run_cli` builds it (private output dir and cache, logger=none),
-    run as `__main__` in a forked child: returncode, stdout, stderr, out_dir, cache."""
-    import backdoor_bench.pipeline  # noqa: F401  (torch, Lightning, Hydra: imported once, here)
-
-    out_dir, cache = tmp / "run", tmp / "cache"
-    argv = [str(ROOT / "run.py"), f"hydra.run.dir={out_dir}", f"paths.cache_dir={cache}", "logger=none", *args]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        sys.stdout.flush(), sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: run.py's entry point, its output to the two files
-            code = 1
-            try:
-                os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
-                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
-                os.chdir(ROOT)
-                sys.argv = argv
-                runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush(), sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out.seek(0), err.seek(0)
-        return SimpleNamespace(
-            returncode=os.waitstatus_to_exitcode(status),
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
-            out_dir=out_dir,
-            cache=cache,
-        )
-
-
 def assert_one_line_error(p, names: str) -> None:
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
@@ -107,7 +67,9 @@ def assert_one_line_error(p, names: str) -> None:
     assert lines and lines[-1].startswith("error: ") and names in lines[-1], lines[-1:]
 
 
-# (overrides, what the error line names); {bad} is the folder of bad files
+# (overrides, what the error line names); {bad} is the folder of bad files. The issue's list
+# (npz input, values that ended in a traceback, messages that did not say what to change) and
+# the README's examples.
 RUN_CASES = [
     (["dataset=npz", "dataset.root={bad}/text.npz"], "not an npz file: {bad}/text.npz"),
     (["dataset=npz", "dataset.root={bad}/truncated.npz"], "not an npz file: {bad}/truncated.npz"),
@@ -118,14 +80,26 @@ RUN_CASES = [
     (["dataset=npz", "dataset.root={bad}/shapes.npz"], "but x_test images are [3, 28, 28]"),
     (["dataset=npz", "dataset.root={bad}/good.npz", "dataset.num_classes=5"], "labels must be integers in 0..4"),
     (["dataset=image_folder", "dataset.root={bad}/folder"], "cannot read image {bad}/folder/train/b/0.png"),
+    (["dataset=image_folder", "dataset.root=/no/such/folder"], "dataset.root=/no/such/folder does not exist"),
+    (["dataset=cifar10", "dataset.root=/no/such/folder", "dataset.download=false"], "dataset.root"),
+    (["dataset=image_folder"], "dataset.root is not set"),
+    (["dataset=image_folder", "dataset.root=tests"], "no 'train' folder"),
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not a whole number"),
     (["trainer.max_epochs=[1,2]"], "trainer.max_epochs=[1, 2] is not a whole number"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be at least 1"),
     (["trainer.batch_size=1.5"], "trainer.batch_size=1.5"),
     (["trainer.channels_last=maybe"], "trainer.channels_last='maybe' is not true or false"),
+    (["trainer.precision=8-bit"], "trainer.precision=8-bit is unknown"),
+    (["trainer.optimizer.name=lion"], "trainer.optimizer.name"),
     (["seed=abc"], "seed='abc' is not a whole number"),
     (["trainer.optimizer.lr=-0.1"], "trainer.optimizer.lr=-0.1 must be positive"),
     (["trainer.optimizer.lr=abc"], "trainer.optimizer.lr='abc' is not a number"),
     (["attack.poison_rate=abc"], "attack.poison_rate='abc' is not a number"),
+    (["attack.poison_rate=1.5"], "attack.poison_rate=1.5 is out of range: use a fraction in [0, 1]"),
+    (["attack.target=12"], "attack.target"),
+    (["attack.size=20"], "attack.size"),
+    (["attack.pattern=triangle"], "attack.pattern"),
+    (["attack.pattern=grid", "attack.size=4"], "attack.pattern=grid"),
     (["attack.location=[3]"], "attack.location=[3]"),
     (
         ["attack=blended", "attack.pattern_path={bad}/notimage.png"],
@@ -138,13 +112,71 @@ RUN_CASES = [
     ),
     (["dataset.image_size=-3"], "dataset.image_size=-3 must be at least 1"),
     (["model.width=wide"], "model.width='wide' is not a whole number"),
+    (["defense=dbr", "defense.sd.metric=loss"], "defense.sd.metric"),
+    (["defense=dst", "defense.sd.clean_ratio=0.99"], "defense.sd.clean_ratio"),
 ]
+# (script, arguments, what the error line names) for the scripts; {bad} as above, {reports}:
+# folders of results.json files (`good` holds one readable result, `only` a JSON list)
+SCRIPT_CASES = [
+    ("scripts/report.py", ["{reports}/good", "--rows", "nosuch"], "--rows nosuch is not a run key: use one of"),
+    ("scripts/report.py", ["{reports}/good", "--metrics", "nosuch"], "--metrics nosuch: nosuch not in these runs"),
+    (
+        "scripts/report.py",
+        ["{reports}/good", "--metrics", "acc,nosuch"],
+        "--metrics acc,nosuch: nosuch not in these runs; use some of acc, asr",
+    ),
+    ("scripts/report.py", ["{reports}/only"], "no readable results.json under {reports}/only"),
+    (
+        "scripts/gallery.py",
+        ["--attacks", "badnets,nosuch", "--out", "{bad}/gallery.png"],
+        "--attacks: no attack config nosuch: use some of",
+    ),
+]
+RUN_IDS = [c[1][:40] for c in RUN_CASES]
+SCRIPT_IDS = [f"{c[0]}:{c[2][:30]}" for c in SCRIPT_CASES]
+CASE_IDS = RUN_IDS + SCRIPT_IDS
+assert len(set(CASE_IDS)) == len(CASE_IDS), "two cases share an id"
 
 
-@pytest.mark.parametrize("overrides,names", RUN_CASES, ids=[c[1][:40] for c in RUN_CASES])
-def test_bad_run_input_is_one_line(bad, tmp_path, overrides, names):
-    args = [o.format(bad=bad) for o in overrides]
-    p = forked_run("trainer=tiny", *args, tmp=tmp_path)
+@pytest.fixture(scope="module")
+def catalogue(bad, tmp_path_factory) -> dict[str, SimpleNamespace]:
+    """Every case of the catalogue, run once through its entry point in one fresh process:
+    {case id: returncode, stdout, stderr, and for run.py cases out_dir and cache}."""
+    tmp = tmp_path_factory.mktemp("catalogue")
+    reports = tmp / "reports"
+    write_results(reports / "good" / "0", good_results())
+    write_results(reports / "only" / "0", [1, 2])  # a JSON list
+    cases, folders = [], {}
+    for i, (overrides, _) in enumerate(RUN_CASES):
+        out_dir, cache = tmp / str(i) / "run", tmp / str(i) / "cache"
+        argv = [f"hydra.run.dir={out_dir}", f"paths.cache_dir={cache}", "logger=none", "trainer=tiny"]
+        cases.append({"script": "run.py", "argv": argv + [o.format(bad=bad) for o in overrides]})
+        folders[CASE_IDS[i]] = {"out_dir": out_dir, "cache": cache}
+    for script, args, _ in SCRIPT_CASES:
+        cases.append({"script": script, "argv": [a.format(bad=bad, reports=reports) for a in args]})
+    for case, case_id in zip(cases, CASE_IDS, strict=True):
+        case.update(id=case_id, cwd=str(ROOT))
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "e2e" / "entry_points.py"),
+            str(tmp / "cases.json"),
+            str(tmp / "out.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    done = json.loads((tmp / "out.json").read_text())
+    return {k: SimpleNamespace(**v, **folders.get(k, {}), reports=reports) for k, v in done.items()}
+
+
+@pytest.mark.parametrize("case", RUN_IDS)
+def test_bad_run_input_is_one_line(catalogue, bad, case):
+    p, names = catalogue[case], dict(zip(RUN_IDS, RUN_CASES))[case][1]
     assert_one_line_error(p, names.format(bad=bad))
     assert "stage: poison" not in p.stdout  # it failed before any training
     assert not list(p.cache.rglob("meta.json")) and not list(p.cache.rglob("payload.pt"))  # no cache entry
@@ -155,10 +187,25 @@ def test_bad_run_input_is_one_line(bad, tmp_path, overrides, names):
     assert not (p.out_dir / "results.json").exists()
 
 
-def test_a_real_subprocess_agrees(run_cli, bad):
+@pytest.mark.parametrize("case", SCRIPT_IDS)
+def test_bad_script_option_is_one_line(catalogue, bad, case):
+    p, names = catalogue[case], dict(zip(SCRIPT_IDS, SCRIPT_CASES))[case][2]
+    assert_one_line_error(p, names.format(bad=bad, reports=p.reports))
+    assert not (bad / "gallery.png").exists()
+
+
+def test_a_real_subprocess_agrees(run_cli, bad, catalogue):
     p = run_cli("trainer=tiny", "dataset=npz", f"dataset.root={bad}/float.npz", check=False)
     assert_one_line_error(p, f"{bad}/float.npz: x_train is float32 in [0, 1]")
     assert "multiply by 255 and cast to uint8" in p.stderr
+    same = catalogue[next(i for i in RUN_IDS if i.startswith("x_train is float32"))]
+    assert same.stderr.strip().splitlines()[-1] == p.stderr.strip().splitlines()[-1]
+
+
+def test_an_unknown_config_option_is_named(run_cli):
+    p = run_cli("attack=no_such_attack", check=False)
+    assert p.returncode != 0
+    assert "attack" in p.stderr and "no_such_attack" in p.stderr and "Traceback" not in p.stderr
 
 
 def write_results(folder: Path, obj) -> None:
@@ -180,19 +227,6 @@ def report(capsys, *argv) -> SimpleNamespace:
     return SimpleNamespace(returncode=rc, stdout=cap.out, stderr=cap.err)
 
 
-@pytest.mark.parametrize(
-    "argv,names",
-    [
-        (["--rows", "nosuch"], "--rows nosuch is not a run key: use one of dataset, model, attack"),
-        (["--metrics", "nosuch"], "--metrics nosuch: nosuch not in these runs; use some of acc, asr"),
-        (["--metrics", "acc,nosuch"], "--metrics acc,nosuch: nosuch not in these runs; use some of acc, asr"),
-    ],
-)
-def test_bad_report_option_is_one_line(tmp_path, capsys, argv, names):
-    write_results(tmp_path / "0", good_results())
-    assert_one_line_error(report(capsys, tmp_path, *argv), names)
-
-
 def test_report_skips_a_corrupt_results_json_and_names_it(tmp_path, capsys):
     write_results(tmp_path / "0", good_results())
     write_results(tmp_path / "1", [1, 2])  # a JSON list
@@ -208,14 +242,3 @@ def test_report_skips_a_corrupt_results_json_and_names_it(tmp_path, capsys):
     p = report(capsys, only)
     assert_one_line_error(p, f"no readable results.json under {only}")
     assert f"skipping {only / '0' / 'results.json'}" in p.stderr
-
-
-def test_gallery_unknown_attack_is_one_line(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gallery
-
-    rc = gallery.main(["--attacks", "badnets,nosuch", "--out", str(tmp_path / "x.png")])
-    cap = capsys.readouterr()
-    p = SimpleNamespace(returncode=rc, stdout=cap.out, stderr=cap.err)
-    assert_one_line_error(p, "--attacks: no attack config nosuch: use some of")
-    assert "badnets" in p.stderr.splitlines()[-1] and not (tmp_path / "x.png").exists()

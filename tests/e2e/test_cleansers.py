@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from tests.conftest import report_table, run_table
+
 
 def results(p):
     return json.loads((p.out_dir / "results.json").read_text())
@@ -28,70 +30,33 @@ def test_cleanser_runs_end_to_end(run_cli, defense):
         assert extra["class_gate"] == "outflow" and extra["class_threshold"] == 3.5
         assert set(extra["gate_opened"]) <= set(range(10))
         assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
+        # the backbone embedding on the same poisoned set reuses the cached SSL backbone
+        p = run_cli("defense=ssl_knn", "defense.embedding=backbone", "defense.class_gate=none", "trainer=tiny")
+        extra = results(p)["defense_extra"]
+        assert extra["embedding"] == "backbone" and extra["embedding_dim"] == 128  # small_cnn: 4 x width 32
+        assert extra["class_gate"] == "none" and extra["gate_opened"] == list(range(10))
+        assert "cache: reused ssl_backbone" in (p.out_dir / "run.log").read_text()
 
 
-def test_ssl_knn_backbone_embedding_reuses_the_cached_backbone(run_cli, tmp_path):
-    run_cli("defense=ssl_knn", "trainer=tiny", cache=tmp_path / "shared")
-    p = run_cli(
-        "defense=ssl_knn",
-        "defense.embedding=backbone",
-        "defense.class_gate=none",
-        "trainer=tiny",
-        cache=tmp_path / "shared",
-    )
-    extra = results(p)["defense_extra"]
-    assert extra["embedding"] == "backbone" and extra["embedding_dim"] == 128  # small_cnn: 4 x width 32
-    assert extra["class_gate"] == "none" and extra["gate_opened"] == list(range(10))
-    assert "cache: reused ssl_backbone" in (p.out_dir / "run.log").read_text()
+# A slice of each table (the tiny trainer on digits): every defense of the table and one of its
+# attacks per table (flows/badnets in flows/table1, run beside its baselines in
+# test_paper_baselines.py; flows/blended in table3, wanet in table4, lc and flows/blended in
+# ssl_knn/cifar10); every attack runs in test_runs.py, and every point of each table validates in
+# test_paper_baselines.py.
+SLICES = {
+    "flows/table3": {"attack": "flows/blended"},
+    "flows/table4": {"attack": "wanet", "attack.poison_rate": "0.01,0.2"},
+    "ssl_knn/cifar10": {"attack": "lc,flows/blended"},
+}
 
 
-def test_flow_relabel_on_supervised_features(run_cli):
-    r = results(run_cli("defense=flow_relabel", "defense.variant=supervised", "trainer=tiny"))
-    assert "train/backdoored" in r["timing"] and "train/ssl" not in r["timing"]
-
-
-def _points(experiment: str) -> int:
-    """How many points an experiment's sweep has: the product of its comma-separated values."""
-    from omegaconf import OmegaConf
-
-    from tests.conftest import CONF
-
-    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
-    n = 1
-    for v in params.values():
-        n *= len(str(v).split(","))
-    return n
-
-
-@pytest.mark.parametrize("experiment", ["flows/table1", "flows/table3", "flows/table4", "ssl_knn/cifar10"])
-def test_cleanser_experiment_runs_at_tiny_scale(run_cli, tmp_path, experiment):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    # table4's 30 points: two of its five rates at tiny scale keep the suite short; flows/table1's
-    # baselines (nad, abl, dbd, asd) run in test_paper_baselines.py; every other experiment runs whole
-    rates = ["attack.poison_rate=0.01,0.2"] if experiment == "flows/table4" else []
-    only_flows = ["defense=none,flow_relabel"] if experiment == "flows/table1" else []
-    p = run_cli(
-        f"experiment={experiment}",
-        "trainer=tiny",
-        "dataset=digits",
-        "model=small_cnn",
-        *rates,
-        *only_flows,
-        multirun=True,
-        timeout=1500,
-    )
-    n = _points(experiment) // 5 * 2 if rates else _points(experiment) // 3 if only_flows else _points(experiment)
-    assert len(list(p.out_dir.rglob("results.json"))) == n and not list(p.out_dir.rglob("error.json"))
+@pytest.mark.parametrize("experiment", list(SLICES))
+def test_cleanser_experiment_runs_at_tiny_scale(tmp_path, experiment):
+    p = run_table(tmp_path / "multirun", tmp_path / "cache", experiment, **SLICES[experiment])
     ref = [] if experiment.startswith("ssl_knn") else ["--reference", experiment]
-    rep = subprocess.run(
-        [sys.executable, "scripts/report.py", str(p.out_dir), *ref, "--metrics", "acc,asr,tpr,fpr,relabel_acc"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert rep.returncode == 0, rep.stderr
-    assert ("paper" in rep.stdout) == bool(ref)
+    rep = report_table(p.out_dir, *ref, "--metrics", "acc,asr,tpr,fpr,relabel_acc")
+    assert ("paper" in rep) == bool(ref)
+    if experiment == "flows/table3":  # flow_relabel on supervised features: no SSL backbone
+        full, supervised = sorted(p.results, key=lambda r: r["config"]["defense"]["variant"])
+        assert "train/ssl" in full["timing"] and "train/ssl" not in supervised["timing"]
+        assert "train/backdoored" in supervised["timing"]

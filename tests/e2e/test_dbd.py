@@ -1,12 +1,10 @@
 """DBD end to end through run.py at trainer=tiny: every variant, every loss, every dbd experiment."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import CONF, ROOT
+from tests.conftest import report_table, run_table
 
 
 def results(path):
@@ -33,64 +31,53 @@ def test_dbd_runs_and_reports_its_labeled_set(run_cli):
     assert "cache: reused ssl_backbone" in (again.out_dir / "run.log").read_text()
 
 
-def test_every_variant_and_loss_runs(run_cli):
+def check_variant(r: dict) -> None:
+    """A DBD run's extra matches its variant: ss_ce warms up with CE whatever `defense.loss`; full and
+    no_ssl fine-tune with MixMatch, ss_sce_tune tunes the head; epsilon 0.5 of 256 stays labeled."""
+    extra = r["defense_extra"]
+    assert extra["loss"] == ("ce" if extra["variant"] == "ss_ce" else r["config"]["defense"]["loss"])
+    assert ("finetune_epochs" in extra) == (extra["variant"] in ("full", "no_ssl"))
+    assert ("tune_epochs" in extra) == (extra["variant"] == "ss_sce_tune")
+    assert r["detection"]["n_removed"] == 128
+
+
+def test_every_loss_runs(run_cli):
+    """The warm-up losses other than SCE (dbd/table3's slice runs every variant with SCE), on the
+    two variants whose later stage trains with the warm-up loss or after it."""
     p = run_cli(
-        "defense=dbd", "trainer=tiny", "defense.variant=no_ssl,ss_ce,ss_sce_tune", "defense.loss=sce,apl", multirun=True
+        "defense=dbd", "trainer=tiny", "defense.variant=no_ssl,ss_sce_tune", "defense.loss=apl,gce", multirun=True
     )
     runs = [results(f) for f in sorted(p.out_dir.rglob("results.json"))]
-    assert len(runs) == 6
     got = {(r["defense_extra"]["variant"], r["config"]["defense"]["loss"]) for r in runs}
-    assert got == {(v, loss) for v in ("no_ssl", "ss_ce", "ss_sce_tune") for loss in ("sce", "apl")}
+    assert got == {(v, loss) for v in ("no_ssl", "ss_sce_tune") for loss in ("apl", "gce")}
     for r in runs:
-        extra = r["defense_extra"]
-        assert extra["loss"] == ("ce" if extra["variant"] == "ss_ce" else r["config"]["defense"]["loss"])
-        assert ("finetune_epochs" in extra) == (extra["variant"] == "no_ssl")
-        assert ("tune_epochs" in extra) == (extra["variant"] == "ss_sce_tune")
-        assert r["detection"]["n_removed"] == 128
+        check_variant(r)
+        assert r["metrics"]["acc"] is not None
 
 
-def test_gce_warmup_runs(run_cli):
-    r = results(run_cli("defense=dbd", "trainer=tiny", "defense.loss=gce").out_dir / "results.json")
-    assert r["defense_extra"]["loss"] == "gce" and r["metrics"]["acc"] is not None
+# dbd/table1 runs in test_paper_baselines.py (its first attack against every defense); table3's
+# slice: every variant against one attack (every point of both validates there too)
+SLICES = {"table2": {}, "table3": {"attack": "dbd/wanet"}, "cpu": {}}
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment" / "dbd").glob("*.yaml")))
-def test_dbd_experiment_runs_at_tiny_scale(run_cli, tmp_path, experiment):
-    """Each dbd table as a sweep on digits with the tiny trainer, then its report beside the paper
-    (table1's baselines run in test_paper_baselines.py)."""
-    only_dbd = ["defense=none,dbd"] if experiment == "table1" else []
-    p = run_cli(
-        f"experiment=dbd/{experiment}",
-        *only_dbd,
-        "trainer=tiny",
-        "dataset=digits",
-        "model=small_cnn",
-        "logger=none",
-        multirun=True,
-        timeout=1200,
-    )
-    n = {"table1": 6, "table2": 4, "table3": 20, "cpu": 4}[experiment]
-    assert len(list(p.out_dir.rglob("results.json"))) == n
-    assert not list(p.out_dir.rglob("error.json"))
+@pytest.mark.parametrize("experiment", list(SLICES))
+def test_dbd_experiment_runs_at_tiny_scale(tmp_path, experiment):
+    """Each dbd table (a slice of it) as a sweep on digits with the tiny trainer, then its report
+    beside the paper."""
+    p = run_table(tmp_path / "multirun", tmp_path / "cache", f"dbd/{experiment}", **SLICES[experiment])
     if experiment == "cpu":
         return
-    rep = subprocess.run(
-        [
-            sys.executable,
-            "scripts/report.py",
-            str(p.out_dir),
-            "--reference",
-            f"dbd/{experiment}",
-            "--metrics",
-            "acc,asr,kept_poison_rate",
-            "--out",
-            str(tmp_path / "rep"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert rep.returncode == 0, rep.stderr
-    assert "paper" in rep.stdout and "dbd" in rep.stdout
+    reference = ["--reference", f"dbd/{experiment}", "--metrics", "acc,asr,kept_poison_rate"]
+    rep = report_table(p.out_dir, *reference, "--out", str(tmp_path / "rep"))
+    assert "paper" in rep and "dbd" in rep
     if experiment == "table3":
-        assert "dbd[no_ssl]" in rep.stdout and "dbd[ss_sce_tune]" in rep.stdout
+        assert "dbd[no_ssl]" in rep and "dbd[ss_sce_tune]" in rep
+        assert {r["defense_extra"]["variant"] for r in p.results} == {
+            "full",
+            "no_ssl",
+            "ss_ce",
+            "ss_sce",
+            "ss_sce_tune",
+        }
+        for r in p.results:
+            check_variant(r)

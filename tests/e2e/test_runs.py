@@ -2,13 +2,15 @@
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, group_members, run_py
+from tests.conftest import ROOT, group_members, run_py, sweep_params
 
 
 def results(p):
@@ -27,11 +29,19 @@ E2E_ATTACKS = [a for a in group_members("attack") if not a.startswith("ispl/") a
 @pytest.fixture(scope="module")
 def attack_runs(tmp_path_factory):
     """Every attack at trainer=tiny: one multirun for all but the ISPL pair presets (one process
-    instead of 25), and one run for each of those. {attack: (results dir, the process's stdout)}."""
+    instead of 25), and one run for each of those. The multirun is `experiment=core/attacks` with
+    its attack list widened to all of them, so it is that experiment's run too.
+    {attack: (results dir, the process's stdout)}."""
     tmp = tmp_path_factory.mktemp("attacks")
     swept = [a for a in E2E_ATTACKS if not a.startswith("ispl/")]
     # no test downloads: the presets that name a paper's trigger file run its procedural stand-in
-    args = (f"attack={','.join(swept)}", "trainer=tiny", "assets.stand_ins=true", f"assets.dir={tmp / 'assets'}")
+    args = (
+        "experiment=core/attacks",
+        f"attack={','.join(swept)}",
+        "trainer=tiny",
+        "assets.stand_ins=true",
+        f"assets.dir={tmp / 'assets'}",
+    )
     p = run_py(tmp / "sweep", tmp / "cache", *args, multirun=True, timeout=1500)
     runs = {}
     for d in (tmp / "sweep").iterdir():
@@ -84,7 +94,15 @@ def test_a_fetched_asset_is_used_and_recorded(run_cli, tmp_path):
 
 
 def test_second_run_reuses_the_backdoored_model(run_cli, tmp_path):
-    first = run_cli("trainer=tiny", "logger=csv")
+    old = os.umask(0o022)  # a shared cluster filesystem's usual umask: the group and others read
+    try:
+        first = run_cli("trainer=tiny", "logger=csv")
+    finally:
+        os.umask(old)
+    artifacts = list((tmp_path / "cache").rglob("payload.pt"))  # the poisoned set and the model
+    for f in [first.out_dir / "results.json", *artifacts]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert len(artifacts) == 2
     assert "cache: building model" in (first.out_dir / "run.log").read_text()
     second = run_cli("trainer=tiny", "trainer.progress_bar=true")  # an execution key: same model
     log = (second.out_dir / "run.log").read_text()
@@ -109,9 +127,14 @@ def test_multirun_to_table(run_cli, tmp_path):
     assert (tmp_path / "rep" / "table.csv").exists()
 
 
-def test_experiment_runs_at_tiny_scale(run_cli):
-    p = run_cli("experiment=core/attacks", "trainer=tiny", multirun=True)
-    assert len(list(p.out_dir.rglob("results.json"))) == 12
+def test_experiment_runs_at_tiny_scale(attack_runs):
+    """experiment=core/attacks: every attack of its sweep ran in `attack_runs`' multirun, under it."""
+    core = sweep_params("core/attacks")
+    assert core["defense"] == ["none"] and len(core["attack"]) == 12
+    for attack in core["attack"]:
+        out, _ = attack_runs[attack]
+        assert (out / "results.json").exists()
+        assert "experiment=core/attacks" in (out / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_failed_sweep_point_loses_no_other_result(run_cli):

@@ -89,3 +89,26 @@ def test_a_corrupt_training_checkpoint_restarts_the_fit(tmp_path):
     fit(Supervised(model, opt, 1), x, y, t, max_epochs=1, checkpoint=ckpt)
     assert ckpt.exists()  # rewritten by the fresh fit, which is loadable again
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    """Atomic writes get 0666 less the umask, as any new file: readable by the group and others
+    under umask 022 (a shared cluster filesystem), private under 077; no temporary file is left."""
+    import os
+    import stat
+
+    from backdoor_bench.cache import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a" / "results.json", {"x": 1})
+        entry = ArtifactCache(tmp_path / "cache").store("model", {"k": 1}, {"w": torch.zeros(2)})
+        os.umask(0o077)
+        atomic_write_json(tmp_path / "b" / "results.json", {"x": 1})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a" / "results.json") == 0o644
+    assert mode(entry / "payload.pt") == 0o644 and mode(entry / "meta.json") == 0o644
+    assert mode(tmp_path / "b" / "results.json") == 0o600
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["results.json"]

@@ -55,9 +55,10 @@ def test_fit_learns_and_resumes_from_checkpoint(tmp_path):
     fit(Counting(model, opt, 1), x, y, t, max_epochs=1, checkpoint=ckpt)
     assert ckpt.exists() and Counting.steps == 4
     # an "interrupted" 3-epoch run: resuming skips the finished epoch
-    Counting.steps = 0
-    fit(Counting(model, opt, 3), x, y, t, max_epochs=3, checkpoint=ckpt)
+    Counting.steps, resumed = 0, []
+    fit(Counting(model, opt, 3), x, y, t, max_epochs=3, checkpoint=ckpt, on_resume=resumed.append)
     assert Counting.steps == 8
+    assert resumed == [{"checkpoint": str(ckpt), "epochs_done": 1}]  # what results.json records
     assert (predict(model, x, device="cpu") == y).float().mean() == 1.0
 
 
