@@ -7,7 +7,6 @@ import logging
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
