@@ -319,8 +319,9 @@ class Runner:
 
     def attack_tools(self, clean: ImageSet, surrogate_epochs: int | None = None) -> AttackTools:
         """An attack's means (TrojanNN, LC, SSBA): its clean surrogate (`cfg.model` trained on the
-        clean set, cached), the run's trainer and a cache keyed by the surrogate's recipe."""
-        epochs = int(surrogate_epochs or self.trainer_cfg.max_epochs)
+        clean set, cached, its epochs under the stage caps), the run's trainer and a cache keyed by
+        the surrogate's recipe."""
+        epochs = self.stage_length(int(surrogate_epochs or self.trainer_cfg.max_epochs))
         surrogate = self.spec("model", data=clean, role="clean", epochs=epochs, loss="ce")
 
         def fit_module(module, data, name, max_epochs=None, augment=True, **kw):
@@ -340,6 +341,7 @@ class Runner:
             device=self.device,
             seed=self.seed,
             spec={"surrogate": surrogate},
+            stage_length=self.stage_length,
         )
 
     def cached_model(self, kind: str, spec: dict, build, new, extras: dict | None = None) -> torch.nn.Module:

@@ -52,6 +52,8 @@ class AttackTools:
     `fit(module, data, name, max_epochs, augment)`: trains any Lightning module with the run's
     trainer. `cached(kind, spec, build)`: a payload built once per spec (the spec gains the data
     fingerprint and seed). `spec`: what besides the attack config determines its artifacts.
+    `stage_length(n, kind)`: `n` epochs (`kind="epochs"`) or optimisation steps (`"steps"`) under
+    the trainer's stage caps (`trainer.max_stage_epochs` / `max_stage_steps`; `trainer=tiny`: 2).
     """
 
     clean: ImageSet
@@ -61,6 +63,7 @@ class AttackTools:
     device: torch.device
     seed: int
     spec: dict
+    stage_length: Callable[..., int]
 
 
 class Attack:

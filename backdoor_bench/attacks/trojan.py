@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 class TrojanNN(Attack):
     """Args (beyond `Attack`'s): the mask (`size`, `location`, `margin`), `neurons`, `neuron_value`,
-    `steps`, `lr`, `batch_size` (images per optimisation step), `surrogate_epochs` (null: the
-    trainer's max_epochs)."""
+    `steps` (at most `trainer.max_stage_steps`), `lr`, `batch_size` (images per optimisation step),
+    `surrogate_epochs` (null: the trainer's max_epochs; at most `trainer.max_stage_epochs`)."""
 
     needs_tools = True
 
@@ -72,20 +72,21 @@ class TrojanNN(Attack):
         """The optimised patch, uint8 `[C, size, size]` (built once, then cached)."""
         if self._pixels is None:
             tools = self.require_tools()
+            steps = tools.stage_length(self.steps, "steps")
             spec = {
                 "attack": "trojan",
                 "mask": [self.mask.size, self.mask.location, self.mask.margin],
                 "neurons": self.neurons,
                 "value": self.neuron_value,
-                "steps": self.steps,
+                "steps": steps,
                 "lr": self.lr,
                 "batch_size": self.batch_size,
                 **tools.spec,
             }
-            self._pixels = tools.cached("trojan_trigger", spec, lambda: {"pixels": self._optimise()})["pixels"]
+            self._pixels = tools.cached("trojan_trigger", spec, lambda: {"pixels": self._optimise(steps)})["pixels"]
         return self._pixels
 
-    def _optimise(self) -> torch.Tensor:
+    def _optimise(self, steps: int) -> torch.Tensor:
         tools = self.require_tools()
         model = tools.clean_model().eval().to(tools.device)
         for p in model.parameters():
@@ -98,7 +99,7 @@ class TrojanNN(Attack):
         logit = torch.zeros(c, s, s, device=tools.device, requires_grad=True)
         opt = torch.optim.Adam([logit], lr=self.lr)
         g = torch.Generator().manual_seed(tools.seed)
-        for step in range(self.steps):
+        for step in range(steps):
             idx = torch.randint(len(x_all), (min(self.batch_size, len(x_all)),), generator=g)
             x = x_all[idx].to(tools.device).float() / 255
             x[..., r0 : r0 + s, c0 : c0 + s] = torch.sigmoid(logit)  # the masked pixels replaced (autograd tracks it)
@@ -107,11 +108,11 @@ class TrojanNN(Attack):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if step % max(1, self.steps // 5) == 0 or step == self.steps - 1:
+            if step % max(1, steps // 5) == 0 or step == steps - 1:
                 log.info(
                     "trojan trigger step %d/%d: mean activation %.2f (target %.1f)",
                     step + 1,
-                    self.steps,
+                    steps,
                     act.mean().item(),
                     self.neuron_value,
                 )

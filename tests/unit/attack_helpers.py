@@ -13,8 +13,9 @@ def data(n=200, c=10, ch=3, size=8, seed=0):
     return ImageSet(x, torch.arange(n) % c, [str(i) for i in range(c)], (0.5,) * ch, (0.5,) * ch)
 
 
-def tools(clean: ImageSet, cached=None) -> AttackTools:
-    """Tools with an untrained small CNN as the 'clean model' and an in-memory cache that counts builds."""
+def tools(clean: ImageSet, cached=None, cap=None) -> AttackTools:
+    """Tools with an untrained small CNN as the 'clean model', an in-memory cache that counts builds
+    and `cap` as the trainer's stage caps (epochs and steps; None: uncapped)."""
     from omegaconf import OmegaConf
 
     torch.manual_seed(0)
@@ -42,6 +43,7 @@ def tools(clean: ImageSet, cached=None) -> AttackTools:
         device=torch.device("cpu"),
         seed=0,
         spec={"surrogate": "test"},
+        stage_length=lambda n, kind="epochs": min(int(n), cap) if cap else int(n),
     )
     t.builds = builds
     return t
