@@ -1,14 +1,9 @@
 """scripts/gallery.py: every attack on one sheet."""
 
-import sys
-
-from tests.conftest import ROOT
+from scripts import gallery
 
 
 def test_gallery_sheet_rows(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gallery
-
     out = tmp_path / "sheet.png"
     rc = gallery.main(
         [
@@ -28,7 +23,10 @@ def test_gallery_sheet_rows(tmp_path, capsys):
 
 
 def test_gallery_rejects_a_bad_attack_value(tmp_path, capsys):
-    import gallery
-
     rc = gallery.main(["attack.poison_rate=2", "--attacks", "badnets", "--out", str(tmp_path / "x.png")])
+    assert rc == 2 and "attack.poison_rate" in capsys.readouterr().err
+    # overrides after the options are overrides too (the same one-line config error, not a usage error)
+    rc = gallery.main(
+        ["--attacks", "badnets", "--out", str(tmp_path / "x.png"), "trainer=tiny", "attack.poison_rate=2"]
+    )
     assert rc == 2 and "attack.poison_rate" in capsys.readouterr().err
