@@ -40,3 +40,20 @@ def test_unknown_group_is_one_line_exit_2(args, capsys):
     assert list_main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: no config group")
+
+
+def test_readme_names_every_config_member_and_script():
+    """The README's config table names every member of conf/ (as `member` in its group's row), and
+    its layout every script."""
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Config groups") : readme.index("### Attacks")]
+    rows = {m.group(1): line for line in table.splitlines() if (m := re.match(r"\| `(\w+)` \|", line))}
+    missing = {g: [m for m in group_members(g) if f"`{m}`" not in rows.get(g, "")] for g in GROUPS}
+    assert not any(missing.values()), missing
+    layout = readme[readme.index("## Layout") :]
+    scripts = [p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "__init__.py"]
+    assert [s for s in scripts if s not in layout] == []
