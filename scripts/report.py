@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        with_spread(table, std, n).to_csv(out / "table.csv")
+        with_spread(table, std, n, a.agg).to_csv(out / "table.csv")
         (out / "table.tex").write_text(formatted(table, std, n).to_latex(index=False))
         runs.drop(columns="config").to_csv(out / "runs.csv", index=False)
         short = "reference from another setting (--force)" if note else None

@@ -205,6 +205,9 @@ def read_reference(name_or_path: str) -> pd.DataFrame:
     ref = pd.read_csv(path, comment="#")
     lines = [line for line in path.read_text().splitlines() if line.startswith("# setting:")]
     pairs = lines[0].split(":", 1)[1].split() if lines else []
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ValueError(f"{path}: its `# setting:` line takes key=value pairs, not {bad[0]!r}")
     ref.attrs = {"name": name_or_path, "setting": dict(p.split("=", 1) for p in pairs)}
     return ref
 
@@ -288,8 +291,9 @@ def _ours(col: tuple) -> tuple | None:
     return tuple(col[:2]) if len(col) == 2 or col[2] == "ours" else None
 
 
-def with_spread(table: pd.DataFrame, std: pd.DataFrame, n: pd.DataFrame) -> pd.DataFrame:
-    """`table` with a `std` and an `n` column after each column of our numbers (for table.csv)."""
+def with_spread(table: pd.DataFrame, std: pd.DataFrame, n: pd.DataFrame, centre: str = "mean") -> pd.DataFrame:
+    """`table` with a `std` and an `n` column after each column of our numbers (for table.csv); a
+    table without a reference names its numbers `centre` (the aggregate: mean or median)."""
     data = {}
     for col in table.columns:
         data[col] = table[col]
@@ -297,7 +301,7 @@ def with_spread(table: pd.DataFrame, std: pd.DataFrame, n: pd.DataFrame) -> pd.D
         if key is not None:
             data[(*key, "std")] = std[key].reindex(table.index)
             data[(*key, "n")] = n[key].reindex(table.index)
-    cols = [c if len(c) == 3 else (*c, "mean") for c in data]
+    cols = [c if len(c) == 3 else (*c, centre) for c in data]
     return pd.DataFrame(dict(zip(cols, data.values())), index=table.index).set_axis(
         pd.MultiIndex.from_tuples(cols), axis=1
     )

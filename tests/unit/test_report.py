@@ -244,6 +244,10 @@ def test_reference_of_another_setting_is_refused_unless_forced(runs_dir, tmp_pat
     assert report_main([str(rates), "--reference", "dbd/table1"]) == 2  # DBD: 5% only
     assert "badnets at poison_rate 0.1 (1 run)" in capsys.readouterr().err
     assert report_main([str(rates), "--reference", "flows/table4"]) == 0  # per-rate rows: 5% and 10% match
+    bad = tmp_path / "bad.csv"
+    bad.write_text("# setting: dataset cifar10\nattack,defense,acc\nbadnets,none,90\n")
+    with pytest.raises(ValueError, match="key=value"):
+        read_reference(str(bad))
 
 
 def test_line_plot_against_a_swept_number(tmp_path, capsys):
