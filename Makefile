@@ -19,13 +19,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
-## make test: the fast suite (under 20 minutes on 2 CPU cores)
+## make test: the fast suite (the target: under 20 minutes on 2 CPU cores; the last full run took about 26)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -m "not slow" -q --durations=15
 
-## make test-slow: real-data checks on the CIFAR-10 JPEG copy (skipped when it is absent)
+## make test-slow: real-data checks on the CIFAR-10 JPEG copy (skipped when it is absent) and the longer runs
+## (the whole gallery at trainer=tiny, a submitit_local sweep)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 

@@ -6,6 +6,7 @@ delta, LC without the adversarial noise, Adap-* full triggers) get a second row,
     python scripts/gallery.py                                   # digits, every attack
     python scripts/gallery.py dataset=cifar10_jpeg75 --out outputs/gallery_cifar10.png
     python scripts/gallery.py dataset=cifar10_jpeg75 --attacks badnets,wanet,sig
+    python scripts/gallery.py --attacks trojan,ssba trainer=tiny        # overrides anywhere
 
 Positional arguments are Hydra overrides, as for run.py. Attacks that train something (trojan,
 lc, ssba) build their artifact, or reuse it from the cache when a run with the same overrides
@@ -26,6 +27,7 @@ from hydra.errors import HydraException
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backdoor_bench.catalog import members  # noqa: E402
 from backdoor_bench.data.imageset import ImageSet  # noqa: E402
 from backdoor_bench.errors import ConfigError  # noqa: E402
 from backdoor_bench.figures import trigger_gallery  # noqa: E402
@@ -82,11 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--attacks", help="comma-separated attack configs (default: every one but none)")
     p.add_argument("--out", default="outputs/gallery.png", help="PNG to write")
     p.add_argument("--n", type=int, default=4, help="images per row")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # overrides before or after the options
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    known = sorted(
-        str(f.relative_to(ROOT / "conf" / "attack").with_suffix("")) for f in (ROOT / "conf" / "attack").rglob("*.yaml")
-    )
+    known = members("attack")
     names = a.attacks.split(",") if a.attacks else [n for n in known if "/" not in n and n != "none"]
     try:
         unknown = [n for n in names if n not in known]

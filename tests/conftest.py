@@ -101,3 +101,11 @@ def run_cli(tmp_path):
         return run_py(out, cache or tmp_path / "cache", *args, multirun=multirun, check=check, env=env, timeout=timeout)
 
     return _run
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of the finished child processes of this process so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime

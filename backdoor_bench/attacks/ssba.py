@@ -119,7 +119,8 @@ class StegaTraining(pl.LightningModule):
 
 
 class SSBA(Attack):
-    """Args (beyond `Attack`'s): `bits` (secret length), `secret_seed`, `epochs` (encoder training),
+    """Args (beyond `Attack`'s): `bits` (secret length), `secret_seed`, `epochs` (encoder training;
+    at most `trainer.max_stage_epochs`),
     `eps` (L-inf bound of the residual, pixel levels), `l2_weight` (image loss weight after the
     ramp), `lr`, `width` (encoder/decoder channels)."""
 
@@ -161,18 +162,19 @@ class SSBA(Attack):
         """The trained encoder (built once per spec, then cached)."""
         if self._encoder is None:
             tools = self.require_tools()
+            epochs = tools.stage_length(self.epochs)
             spec = {
                 "attack": "ssba",
                 "bits": self.bits,
                 "secret_seed": self.secret_seed,
-                "epochs": self.epochs,
+                "epochs": epochs,
                 "eps": self.eps,
                 "l2_weight": self.l2_weight,
                 "lr": self.lr,
                 "width": self.width,
                 "training": tools.spec,
             }
-            payload = tools.cached("ssba_encoder", spec, lambda: self._train(channels, size))
+            payload = tools.cached("ssba_encoder", spec, lambda: self._train(channels, size, epochs))
             self._encoder = Encoder(channels, size, self.bits, self.width, self.eps / 255)
             self._encoder.load_state_dict(payload["encoder"])
             log.info(
@@ -182,7 +184,7 @@ class SSBA(Attack):
             )
         return self._encoder
 
-    def _train(self, channels: int, size: int) -> dict:
+    def _train(self, channels: int, size: int, epochs: int) -> dict:
         tools = self.require_tools()
         with torch.random.fork_rng():  # seeded init without touching the run's random state
             torch.manual_seed(tools.seed)
@@ -192,7 +194,7 @@ class SSBA(Attack):
             StegaTraining(enc, dec, self.bits, self.l2_weight, self.lr),
             tools.clean,
             "ssba_encoder",
-            max_epochs=self.epochs,
+            max_epochs=epochs,
             augment=False,
         )
         enc, dec = enc.cpu().eval(), dec.cpu().eval()

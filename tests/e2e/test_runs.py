@@ -130,7 +130,7 @@ def test_multirun_to_table(run_cli, tmp_path):
 def test_experiment_runs_at_tiny_scale(attack_runs):
     """experiment=core/attacks: every attack of its sweep ran in `attack_runs`' multirun, under it."""
     core = sweep_params("core/attacks")
-    assert core["defense"] == ["none"] and len(core["attack"]) == 12
+    assert core["defense"] == ["none"] and len(core["attack"]) >= 12
     for attack in core["attack"]:
         out, _ = attack_runs[attack]
         assert (out / "results.json").exists()

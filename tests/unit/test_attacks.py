@@ -21,6 +21,7 @@ from backdoor_bench.attacks.trojan import TrojanNN
 from backdoor_bench.attacks.wanet import WaNet
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.metrics import targeted_misclassification_rate
+from backdoor_bench.runner import Runner
 from tests.unit.attack_helpers import data, tools
 
 
@@ -408,3 +409,33 @@ def test_dirty_label_scenario_seed_picks_the_samples_and_bad_colours_are_rejecte
     assert not torch.equal(a.poison(d, 0).poisoned, b.poison(d, 0).poisoned)
     with pytest.raises(ConfigError, match="attack.color"):
         DirtyLabel(name="dl", color=[1, 2])
+    with pytest.raises(ConfigError, match="pattern_path"):
+        BlendSignal(name="b", pattern_path=__file__)
+
+
+# -- stage caps -----------------------------------------------------------------------------------
+def test_trained_attacks_obey_the_stage_caps():
+    """TrojanNN's trigger steps, SSBA's encoder epochs and the surrogate's epochs (LC, TrojanNN)
+    are capped by `trainer.max_stage_steps` / `max_stage_epochs` (trainer=tiny: 2)."""
+    from tests.unit.contexts import tiny_config
+
+    d = data(32, c=4, size=8)
+    specs = []
+
+    def record(kind, spec, build):
+        specs.append(spec)
+        if kind == "trojan_trigger":
+            return build()
+        return {"encoder": Encoder(3, 8, 4, 4, 6 / 255).state_dict(), "bit_acc": 0.5, "psnr": 40.0}
+
+    t = tools(d, cached=record, cap=2)
+    trojan = TrojanNN(name="trojan", size=3, steps=500, batch_size=8, num_classes=4)
+    trojan.bind(t)
+    trojan.apply(d.x[:1])
+    ssba = SSBA(name="ssba", bits=4, width=4, eps=6, epochs=20)
+    ssba.bind(t)
+    ssba.apply(d.x[:1])
+    assert [s.get("steps", s.get("epochs")) for s in specs] == [2, 2]
+    runner = Runner(tiny_config("attack=lc", "attack.surrogate_epochs=50"))
+    assert runner.attack_tools(d, 50).spec["surrogate"]["epochs"] == 2
+    assert Runner(tiny_config("trainer.max_stage_epochs=null")).attack_tools(d, 50).spec["surrogate"]["epochs"] == 50

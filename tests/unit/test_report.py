@@ -78,7 +78,8 @@ def test_packaged_reference_and_unknown_name():
 
 def test_cli_writes_csv_latex_and_figure(runs_dir, tmp_path, capsys):
     out = tmp_path / "report"
-    assert report_main([str(runs_dir), "--out", str(out), "--reference", "backdoorbench/cifar10_preactresnet18"]) == 0
+    ref = "backdoorbench/cifar10_preactresnet18"
+    assert report_main([str(runs_dir), "--out", str(out), "--reference", ref, "--force"]) == 0
     text = capsys.readouterr().out
     assert "badnets" in text and "failed sweep points" in text
     assert (out / "table.csv").exists() and "tabular" in (out / "table.tex").read_text()
@@ -124,7 +125,7 @@ def test_one_rate_against_a_per_rate_reference_and_counts_stay_counts(tmp_path, 
         .query("poison_rate == 0.1 and attack == 'badnets' and defense == 'none'")["asr"]
         .item()
     )
-    assert report_main([str(tmp_path), "--reference", "flows/table4"]) == 0
+    assert report_main([str(tmp_path), "--reference", "flows/table4", "--force"]) == 0
 
 
 def test_a_defense_label_names_its_column_and_matches_the_ablation_reference(tmp_path):
@@ -142,6 +143,7 @@ def test_median_over_scenarios_exact(tmp_path, capsys):
     """Three scenarios of one pair (same attack name): mean vs median, exact."""
     for i, (acc, tmr) in enumerate([(0.90, 0.02), (0.81, 0.90), (0.96, 0.01)]):
         write_run(tmp_path, str(i), "dirty_label_3to5", "ispl", acc, tmr, seed=0)
+        set_config(tmp_path, str(i), attack__scenario_seed=i)  # three trigger draws: three runs
     runs = load_runs([tmp_path])[0]
     mean, median = paper_table(runs), paper_table(runs, agg="median")
     assert mean.loc["dirty_label_3to5", ("ispl", "ACC")] == pytest.approx(89.0)
@@ -165,3 +167,133 @@ def test_median_over_scenarios_exact(tmp_path, capsys):
     assert report_main([str(tmp_path), "--agg", "median"]) == 0
     out = capsys.readouterr().out
     assert "median over runs" in out and "90.00" in out and "2.00" in out
+
+
+def set_config(root, name, **changes):
+    """Change config values of run `name` (dotted keys, e.g. `attack.poison_rate`) or its data name."""
+    f = root / name / "results.json"
+    r = json.loads(f.read_text())
+    for key, value in changes.items():
+        if key == "dataset":
+            r["data"]["name"] = value
+            continue
+        node, *path = key.split("__")
+        target = r["config"][node]
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+    f.write_text(json.dumps(r))
+
+
+def rate_sweep(root):
+    """BadNets on cifar10/ResNet18 at 5% (2 seeds) and 10% (1 seed), the flows paper's setting."""
+    for i, (rate, seed, acc, asr) in enumerate([(0.05, 0, 0.90, 0.50), (0.05, 1, 0.92, 0.70), (0.1, 0, 0.91, 0.9)]):
+        write_run(root, str(i), "badnets", "none", acc, asr, seed=seed)
+        set_config(root, str(i), dataset="cifar10", attack__poison_rate=rate, model___target_="x.ResNet18")
+        r = json.loads((root / str(i) / "results.json").read_text())
+        r["config"]["model"].pop("width")
+        (root / str(i) / "results.json").write_text(json.dumps(r))
+
+
+def test_mean_std_and_n_per_cell(runs_dir, capsys):
+    from backdoor_bench.report.table import cell_stats
+
+    mean, std, n = cell_stats(load_runs([runs_dir])[0])
+    assert mean.loc["badnets", ("none", "ACC")] == pytest.approx(91.0)
+    assert std.loc["badnets", ("none", "ACC")] == pytest.approx(2**0.5)  # 90, 92: sample std
+    assert n.loc["badnets", ("none", "ASR")] == 2 and n.loc["badnets", ("dbd", "ASR")] == 1
+    assert pd.isna(std.loc["badnets", ("dbd", "ASR")])
+    assert report_main([str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "91.00 ± 1.41 (n=2)" in out and "85.00 (n=1)" in out
+    assert "(" not in out.split("| attack")[1].split("\n")[2].split("|")[1]  # the row label is no tuple
+
+
+def test_the_same_run_found_twice_counts_once(runs_dir, tmp_path, capsys):
+    copy = tmp_path / "copy" / "0"
+    copy.mkdir(parents=True)
+    (copy / "results.json").write_text((runs_dir / "0" / "results.json").read_text())
+    runs, _ = load_runs([runs_dir, runs_dir / "0", tmp_path / "copy"], warn=print)
+    assert len(runs) == 4  # the folder given twice and the copied config are one run each
+    assert "is the same run as" in capsys.readouterr().out
+    (copy / "results.json").unlink()
+    write_run(tmp_path / "copy", "1", "badnets", "none", 0.5, 0.5, seed=7)  # another seed is another run
+    assert len(load_runs([runs_dir, tmp_path / "copy"])[0]) == 5
+
+
+def test_unknown_metrics_are_one_line_exit_2(runs_dir, capsys):
+    for metrics in ("nosuch", "acc,nosuch"):
+        assert report_main([str(runs_dir), "--metrics", metrics]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "nosuch not in these runs" in err
+
+
+def test_reference_of_another_setting_is_refused_unless_forced(runs_dir, tmp_path, capsys):
+    ref = "backdoorbench/cifar10_preactresnet18"
+    assert read_reference(ref).attrs["setting"]["model"] == "PreActResNet18-w64"
+    assert report_main([str(runs_dir), "--reference", ref]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset digits (4 runs)" in err and "model SmallCNN-w32" in err
+    assert "--force" in err
+    out = tmp_path / "forced"
+    assert report_main([str(runs_dir), "--reference", ref, "--force", "--out", str(out)]) == 0
+    assert "note: --force: --reference" in capsys.readouterr().out
+    assert (out / "bars.png").stat().st_size > 1000
+    rates = tmp_path / "rates"
+    rate_sweep(rates)
+    assert report_main([str(rates), "--reference", "dbd/table1"]) == 2  # DBD: 5% only
+    assert "badnets at poison_rate 0.1 (1 run)" in capsys.readouterr().err
+    assert report_main([str(rates), "--reference", "flows/table4"]) == 0  # per-rate rows: 5% and 10% match
+    bad = tmp_path / "bad.csv"
+    bad.write_text("# setting: dataset cifar10\nattack,defense,acc\nbadnets,none,90\n")
+    with pytest.raises(ValueError, match="key=value"):
+        read_reference(str(bad))
+
+
+def test_line_plot_against_a_swept_number(tmp_path, capsys):
+    rate_sweep(tmp_path / "runs")
+    out = tmp_path / "out"
+    args = [str(tmp_path / "runs"), "--reference", "flows/table4", "--plot", "line", "--out", str(out)]
+    assert report_main([*args, "--x", "attack.poison_rate"]) == 0
+    assert (out / "line.png").stat().st_size > 5000
+    csv = pd.read_csv(out / "table.csv", header=[0, 1, 2], index_col=[0, 1])
+    assert csv.loc[(0.05, "badnets"), ("none", "ASR", "std")] == pytest.approx(200**0.5)  # 50, 70
+    assert csv.loc[(0.05, "badnets"), ("none", "ASR", "n")] == 2
+    capsys.readouterr()
+    assert report_main([*args, "--x", "attack.name"]) == 2
+    assert "--x attack.name is not a number" in capsys.readouterr().err
+
+
+def test_bar_chart_labels_and_reference_markers(tmp_path):
+    from backdoor_bench.report.plots import bar_chart, row_label
+
+    assert row_label((0.05, "badnets"), ["poison_rate", "attack"]) == "badnets, poison_rate 0.05"
+    assert row_label("badnets", ["attack"]) == "badnets"
+    rate_sweep(tmp_path / "runs")
+    from backdoor_bench.report.table import cell_stats
+
+    table, std, _ = cell_stats(load_runs([tmp_path / "runs"])[0], ["asr"], keep=("poison_rate",))
+    table = with_reference(table, read_reference("flows/table4"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real = plt.subplots
+
+    def spy(*a, **k):
+        fig, ax = real(*a, **k)
+        captured["ax"] = ax
+        return fig, ax
+
+    plt.subplots = spy
+    try:
+        bar_chart(table, tmp_path / "bars.png", std=std)
+    finally:
+        plt.subplots = real
+    ax = captured["ax"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["badnets, poison_rate 0.05", "badnets, poison_rate 0.1"]
+    assert ax.get_title() == "ASR per attack and defense"  # names the metric plotted, not ACC / ASR
+    paper = [c for c in ax.collections if c.get_label() == "paper"][0]
+    assert paper.get_offsets()[:, 1].tolist() == [100.0, 100.0]  # flows Table 4: BadNets, none, 5% and 10%
