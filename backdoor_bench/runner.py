@@ -30,6 +30,7 @@ from backdoor_bench.data.imageset import ImageSet, load_dataset, random_subset
 from backdoor_bench.data.loader import DeviceLoader
 from backdoor_bench.models import build_model
 from backdoor_bench.training.fit import augmentation, eval_device, fit, stage_length, steps_per_epoch, training_spec
+from backdoor_bench.training.optim import run_optimizer
 from backdoor_bench.training.simclr import SimCLR, projector
 from backdoor_bench.training.supervised import Supervised
 
@@ -267,7 +268,7 @@ class Runner:
 
         def build(checkpoint: Path | None = None) -> torch.nn.Module:
             model = self.new_model(data)  # the same init whatever was built or loaded before
-            optim = plain(self.trainer_cfg.optimizer)
+            optim = run_optimizer(self.trainer_cfg)
             module = Supervised(model, optim, epochs, loss=loss, channels_last=self.channels_last, log_prefix=name)
             self.fit(module, data, name, epochs, checkpoint=checkpoint)
             return model.cpu()

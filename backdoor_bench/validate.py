@@ -19,6 +19,7 @@ from backdoor_bench.defenses.base import Defense
 from backdoor_bench.errors import KINDS, ConfigError, check_value, instantiate_checked
 from backdoor_bench.models import build_model
 from backdoor_bench.training.features import resolve_layer
+from backdoor_bench.training.fit import COMPILE, COMPILE_MODES
 from backdoor_bench.training.optim import configure_optimizers
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -34,6 +35,7 @@ DECLARED = {
     "trainer.max_stage_steps": (int, True),
     "trainer.progress_bar": (bool, True),
     "sweep.skip_done": (bool, False),
+    "trainer.lr_batch_size": (int, True),
     "dataset.num_classes": (int, False),
     "dataset.channels": (int, False),
     "dataset.image_size": (int, False),
@@ -122,6 +124,12 @@ def validate(cfg) -> tuple[Attack, Defense]:
     for key in ("train_subset", "test_subset"):
         if t.get(key) is not None and int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be a positive count or null")
+    if t.get("compile", "auto") not in COMPILE:
+        raise ConfigError(f"trainer.compile={t.compile} is unknown: use auto (on CUDA only), true or false")
+    if t.get("compile_mode", "default") not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode} is unknown: use one of {', '.join(COMPILE_MODES)}")
+    if t.get("lr_batch_size") is not None and int(t.lr_batch_size) < 1:
+        raise ConfigError(f"trainer.lr_batch_size={t.lr_batch_size} must be a batch size >= 1 or null")
     o = t.optimizer
     if not float(o.lr) > 0:
         raise ConfigError(f"trainer.optimizer.lr={o.lr} must be positive (for example 0.01)")

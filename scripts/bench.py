@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""Training throughput, three ways, same model and batch size, in one process:
+"""Training throughput, same model and batch size, in one process:
 
 (a) compute:  forward/backward/step on tensors already on the device (the ceiling)
 (b) runner:   this project's real path: DeviceLoader (uint8 on device, batched crop+flip), Lightning step
 (c) standard: torchvision PIL transforms in DataLoader workers + a plain loop, as the reference toolboxes train
+(d) ssl:      the SimCLR step as `ctx.ssl_backbone()` trains it (two SimCLRViews + the embedding
+              pass + NT-Xent, through `fit`); ssl_compute: the same model's forward/backward on two
+              already-augmented views; ssl_over_compute = ssl / ssl_compute
+(e) mixmatch: DBD's MixMatch step (SemiLoader with K=2 views, label guessing, MixUp, through `fit`);
+              images/s counts the labeled and unlabeled images of a step
 
-  python scripts/bench.py                      # preact_resnet18 width 16, 32x32, batch 128
-  python scripts/bench.py --json               # one line: {"compute_ips", "runner_ips", "standard_ips", ...}
-  python scripts/bench.py --width 64 --device cuda --precision bf16-mixed --channels-last
+  python scripts/bench.py                      # CPU: preact_resnet18 width 16, 32x32, batch 128, fp32
+  python scripts/bench.py --json               # one line: {"compute_ips", "runner_ips", "ssl_ips", ...}
+  python scripts/bench.py --clock process      # CPU time of this process (a shared machine), not wall time
+
+On CUDA the defaults are trainer=gpu's: width 64, bf16-mixed, channels-last, torch.compile, 200
+timed steps (override with --width, --precision, --no-compile, ...).
 """
 
 from __future__ import annotations
@@ -24,15 +32,29 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from backdoor_bench.data.augment import CropFlip
+from backdoor_bench.data.augment import CropFlip, SimCLRViews
+from backdoor_bench.data.loader import DeviceLoader
 from backdoor_bench.data.sources import CIFAR10_MEAN as MEAN
 from backdoor_bench.data.sources import CIFAR10_STD as STD
 from backdoor_bench.models import ImageClassifier
 from backdoor_bench.models.preact_resnet import PreActResNet18
-from backdoor_bench.training.fit import fit
+from backdoor_bench.training.fit import compiled, fit
+from backdoor_bench.training.losses import nt_xent
+from backdoor_bench.training.mixmatch import MixMatch, SemiLoader
+from backdoor_bench.training.optim import configure_optimizers
+from backdoor_bench.training.simclr import SimCLR
 from backdoor_bench.training.supervised import Supervised
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNS = ("compute", "runner", "standard", "ssl", "ssl_compute", "mixmatch")
+DEFAULTS = (  # (option, CPU default, CUDA default): on CUDA, trainer=gpu's configuration
+    ("width", 16, 64),
+    ("steps", 30, 200),
+    ("warmup", 5, 20),
+    ("precision", "32-true", "bf16-mixed"),
+    ("channels_last", False, True),
+    ("compile", False, True),
+)
 
 
 def make_model(a):
@@ -43,59 +65,128 @@ def _autocast(a, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision.startswith("bf16"))
 
 
-def bench_compute(a, device) -> float:
-    model = make_model(a).to(device)
-    if a.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(a.batch_size, 3, a.size, a.size, device=device)
-    if a.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch_size,), device=device)
+def trainer_cfg(a, device):
+    """conf/trainer/default.yaml with this benchmark's device, precision, layout and compile."""
+    tcfg = OmegaConf.load(ROOT / "conf/trainer/default.yaml")
+    tcfg.accelerator = "gpu" if device.type == "cuda" else "cpu"
+    tcfg.precision, tcfg.channels_last, tcfg.progress_bar = a.precision, a.channels_last, False
+    tcfg.batch_size, tcfg.compile, tcfg.drop_last = a.batch_size, a.compile, True
+    return tcfg
+
+
+def timed_loop(a, device, step) -> float:
+    """Seconds (of --clock) for `a.steps` calls of `step()` after `a.warmup` untimed ones."""
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = a.clock()
+        step()
+    _sync(device)
+    return a.clock() - t0
+
+
+def plain_step(a, device, module, opt, loss_of):
+    """One optimizer step of `loss_of()` under the benchmark's autocast (the compute paths)."""
+
+    def step():
         with _autocast(a, device):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = loss_of()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _sync(device)
-    return a.steps * a.batch_size / (time.perf_counter() - t0)
+
+    return step
+
+
+def bench_compute(a, device) -> float:
+    model = make_model(a)
+    module = Supervised(model, {"lr": 0.01}, 1, channels_last=a.channels_last).to(device)
+    opt = configure_optimizers(model.parameters(), {"lr": 0.01, "schedule": "constant", "weight_decay": 5e-4}, 1)
+    x = torch.rand(a.batch_size, 3, a.size, a.size, device=device)
+    y = torch.randint(0, 10, (a.batch_size,), device=device)
+    with compiled(module, trainer_cfg(a, device), device):
+        seconds = timed_loop(
+            a, device, plain_step(a, device, module, opt, lambda: F.cross_entropy(module(x).float(), y))
+        )
+    return a.steps * a.batch_size / seconds
 
 
 class _Clock(pl.Callback):
     """Times the training batches after the warm-up ones (device synchronised at both ends only)."""
 
-    def __init__(self, warmup):
-        self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
+    def __init__(self, warmup, clock):
+        self.warmup, self.clock, self.t0, self.t1, self.n = warmup, clock, None, None, 0
 
     def on_train_batch_start(self, trainer, module, batch, i):
         if i == self.warmup:
             _sync(module.device)
-            self.t0 = time.perf_counter()
+            self.t0 = self.clock()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, i):
         if self.t0 is not None:
-            self.n += len(batch["y"])
+            self.n += len(batch["y"]) + (batch["u"].shape[0] * batch["u"].shape[1] if "u" in batch else 0)
 
     def on_train_epoch_end(self, trainer, module):
         _sync(module.device)
-        self.t1 = time.perf_counter()
+        self.t1 = self.clock()
+
+    def ips(self) -> float:
+        return self.n / (self.t1 - self.t0)
 
 
 def bench_runner(a, device, x, y) -> float:
-    tcfg = OmegaConf.load(ROOT / "conf/trainer/default.yaml")
-    tcfg.accelerator = "gpu" if device.type == "cuda" else "cpu"
-    tcfg.precision, tcfg.channels_last, tcfg.progress_bar = a.precision, a.channels_last, False
-    tcfg.batch_size = a.batch_size
+    tcfg = trainer_cfg(a, device)
     model = make_model(a)
     module = Supervised(model, OmegaConf.to_container(tcfg.optimizer), 1, channels_last=a.channels_last)
-    clock = _Clock(a.warmup)
+    clock = _Clock(a.warmup, a.clock)
     n = (a.warmup + a.steps) * a.batch_size
     fit(module, x[:n], y[:n], tcfg, max_epochs=1, augment=CropFlip(4, True), callbacks=[clock])
-    return clock.n / (clock.t1 - clock.t0)
+    return clock.ips()
+
+
+def simclr_module(a):
+    s = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/ssl/simclr.yaml"))
+    views = SimCLRViews(a.size, 3, **s["augment"])
+    return SimCLR(
+        make_model(a), views, s["optimizer"], 1000, s["temperature"], s["symmetric"], channels_last=a.channels_last
+    )
+
+
+def bench_ssl(a, device, x, y) -> float:
+    """The SimCLR step as the SSL backbone trains (views + the embedding pass + NT-Xent), via `fit`."""
+    tcfg, clock, n = trainer_cfg(a, device), _Clock(a.warmup, a.clock), (a.warmup + a.steps) * a.batch_size
+    loader = lambda d: DeviceLoader(x[:n], y[:n], a.batch_size, shuffle=True, device=d, drop_last=True)  # noqa: E731
+    fit(simclr_module(a), x[:n], y[:n], tcfg, max_epochs=1, callbacks=[clock], loader=loader)
+    return clock.ips()
+
+
+def bench_ssl_compute(a, device, x) -> float:
+    """The same model's forward/backward on two already-augmented views (NT-Xent, the same optimizer)."""
+    module = simclr_module(a).to(device)
+    opt = module.configure_optimizers()["optimizer"]
+    xb = x[: a.batch_size].to(device).float().div_(255)
+    both = torch.cat([module.views(xb), module.views(xb)])
+    b = a.batch_size
+
+    def loss():
+        z = module.embed(both)
+        return nt_xent(z[:b], z[b:], module.temperature, module.symmetric)
+
+    with compiled(module, trainer_cfg(a, device), device):
+        seconds = timed_loop(a, device, plain_step(a, device, module, opt, loss))
+    return a.steps * a.batch_size / seconds
+
+
+def bench_mixmatch(a, device, x, y) -> float:
+    """DBD's MixMatch step (batch --batch-size // 2 labeled + as many unlabeled, K=2), via `fit`."""
+    tcfg, clock, bs = trainer_cfg(a, device), _Clock(a.warmup, a.clock), max(1, a.batch_size // 2)
+    split = torch.arange(len(y)) % 2 == 0
+    module = MixMatch(
+        make_model(a), {"name": "adam", "lr": 0.002, "schedule": "constant"}, 1, 10, channels_last=a.channels_last
+    )
+    loader = lambda d: SemiLoader(x, y, lambda: split, bs, a.warmup + a.steps, 2, CropFlip(4, True), d)  # noqa: E731
+    fit(module, x, y, tcfg, max_epochs=1, callbacks=[clock], loader=loader)
+    return clock.ips()
 
 
 class _PILSet(torch.utils.data.Dataset):
@@ -139,7 +230,7 @@ def bench_standard(a, device, x, y) -> float:
     for i, (xb, yb) in enumerate(loader):
         if i == a.warmup:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = a.clock()
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         if a.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -151,7 +242,7 @@ def bench_standard(a, device, x, y) -> float:
         if t0 is not None:
             seen += len(yb)
     _sync(device)
-    return seen / (time.perf_counter() - t0)
+    return seen / (a.clock() - t0)
 
 
 def _sync(device):
@@ -161,18 +252,28 @@ def _sync(device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=16, help="preact_resnet18 width (64 = the paper model)")
+    p.add_argument("--width", type=int, default=None, help="preact_resnet18 width (CPU 16; CUDA 64 = the paper model)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per path")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per path (CPU 30; CUDA 200)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (CPU 5; CUDA 20: compiles)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers for (c)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="32-true", help="32-true or bf16-mixed")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--only", default="compute,runner,standard")
+    p.add_argument("--precision", default=None, help="32-true or bf16-mixed (CPU 32-true; CUDA bf16-mixed)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="(on by default on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", default=None, help="(CUDA compiles)")
+    p.add_argument(
+        "--compile", dest="compile", action="store_true", help="torch.compile the backbone (on CUDA by default)"
+    )
+    p.add_argument("--clock", choices=("wall", "process"), default="wall", help="wall time, or this process's CPU time")
+    p.add_argument("--only", default=",".join(RUNS))
     p.add_argument("--json", action="store_true", help="print one JSON line")
     a = p.parse_args(argv)
+    cuda = torch.device(a.device).type == "cuda"  # the trainer=gpu configuration by default
+    for key, cpu_value, cuda_value in DEFAULTS:
+        if getattr(a, key) is None:
+            setattr(a, key, cuda_value if cuda else cpu_value)
+    a.clock = time.process_time if a.clock == "process" else time.perf_counter
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("backdoor_bench").setLevel(logging.ERROR)
     device = torch.device(a.device)
@@ -187,25 +288,35 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         "precision": a.precision,
         "channels_last": a.channels_last,
+        "compile": a.compile,
+        "steps": a.steps,
+        "clock": "process" if a.clock is time.process_time else "wall",
         "torch": torch.__version__,
     }
     runs = {
         "compute": lambda: bench_compute(a, device),
         "runner": lambda: bench_runner(a, device, x, y),
         "standard": lambda: bench_standard(a, device, x, y),
+        "ssl": lambda: bench_ssl(a, device, x, y),
+        "ssl_compute": lambda: bench_ssl_compute(a, device, x),
+        "mixmatch": lambda: bench_mixmatch(a, device, x, y),
     }
     for name in a.only.split(","):
+        if name not in runs:
+            p.error(f"--only {name!r} is unknown: use some of {', '.join(runs)}")
         out[f"{name}_ips"] = round(runs[name](), 1)
         if not a.json:
-            print(f"{name:>9}: {out[f'{name}_ips']:9.1f} images/s")
+            print(f"{name:>11}: {out[f'{name}_ips']:9.1f} images/s")
     if "compute_ips" in out and "runner_ips" in out:
         out["runner_over_compute"] = round(out["runner_ips"] / out["compute_ips"], 3)
+    if "ssl_compute_ips" in out and "ssl_ips" in out:
+        out["ssl_over_compute"] = round(out["ssl_ips"] / out["ssl_compute_ips"], 3)
     if "standard_ips" in out and "runner_ips" in out:
         out["runner_over_standard"] = round(out["runner_ips"] / out["standard_ips"], 3)
     if a.json:
         print(json.dumps(out))
     else:
-        for k in ("runner_over_compute", "runner_over_standard"):
+        for k in ("runner_over_compute", "runner_over_standard", "ssl_over_compute"):
             if k in out:
                 print(f"{k}: {out[k]}")
         print({k: v for k, v in out.items() if not k.endswith(("_ips", "_over_compute", "_over_standard"))})

@@ -87,7 +87,8 @@ def step_bench(smoke: bool, timeout: float) -> Step:
         print(_tail(p.stdout + p.stderr), file=sys.stderr)
         return s.done(f"failed (exit {p.returncode})", ok=False)
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    ips = ", ".join(f"{k[:-4]} {r[k]:.4g}" for k in ("compute_ips", "runner_ips", "standard_ips") if k in r)
+    keys = ("compute_ips", "runner_ips", "standard_ips", "ssl_ips", "ssl_compute_ips", "mixmatch_ips")
+    ips = ", ".join(f"{k[:-4]} {r[k]:.4g}" for k in keys if k in r)
     return s.done(f"{r['model']} batch {r['batch_size']} {r['precision']}: {ips} images/s")
 
 

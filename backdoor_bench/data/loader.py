@@ -35,8 +35,9 @@ class DeviceLoader:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
+        """Batches per epoch; `drop_last` drops the last partial batch, unless it is the only one."""
         n = len(self.y) / self.batch_size
-        return math.floor(n) if self.drop_last else math.ceil(n)
+        return max(1, math.floor(n)) if self.drop_last else math.ceil(n)
 
     def __iter__(self):
         n = len(self.y)

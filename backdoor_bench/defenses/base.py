@@ -20,6 +20,7 @@ import torch
 
 from backdoor_bench.data import ImageSet
 from backdoor_bench.errors import ConfigError
+from backdoor_bench.training.optim import run_optimizer
 from backdoor_bench.training.supervised import Supervised
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class DefenseContext:
         if data is None:
             raise RuntimeError(f"{name}: fine-tuning needs the trusted clean subset: set needs_clean = True")
         epochs = self.stage_length(epochs)
-        optim = dict(optimizer) if optimizer is not None else dict(self._runner.cfg.trainer.optimizer)
+        optim = dict(optimizer) if optimizer is not None else run_optimizer(self._runner.cfg.trainer, batch_size)
         module = Supervised(model, optim, epochs, loss=loss, channels_last=self.channels_last, log_prefix=name)
         self.fit(name, module, data, epochs, batch_size=batch_size)
         return model

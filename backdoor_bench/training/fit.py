@@ -8,11 +8,13 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from backdoor_bench.cache import atomic_write, load_checkpoint
 from backdoor_bench.data.augment import CropFlip
@@ -33,13 +35,21 @@ EXECUTION_KEYS = {
     "eval_batch_size",
     "test_subset",
     "checkpoint_every_s",
+    "compile",
+    "compile_mode",
+    "progress_bar_refresh",
 }
+# trainer keys added after artifacts were first cached: left out of the spec at the value that
+# keeps the old behaviour, so the keys of existing artifacts do not change
+NEUTRAL_KEYS = {"drop_last": False, "lr_batch_size": None}
+COMPILE = ("auto", True, False)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def training_spec(tcfg) -> dict:
     """The part of the trainer config that determines a trained model (for cache keys)."""
     d = OmegaConf.to_container(tcfg, resolve=True) if not isinstance(tcfg, dict) else dict(tcfg)
-    return {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
+    return {k: v for k, v in d.items() if k not in EXECUTION_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])}
 
 
 class _SaveEachEpoch(pl.Callback):
@@ -87,8 +97,20 @@ def show_progress_bar(tcfg, stdout=None) -> bool:
     return bool((stdout or sys.stdout).isatty())
 
 
+def on_cuda(tcfg) -> bool:
+    """Whether the trainer trains on a CUDA GPU (`accelerator` gpu/cuda, or auto with one visible)."""
+    return str(tcfg.accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
 def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer:
+    """A Lightning trainer from `cfg.trainer`. On CUDA, cuDNN picks its fastest kernels for the
+    fixed shapes (`benchmark`, unless `deterministic`); the progress bar, when on, redraws every
+    `progress_bar_refresh` steps (each redraw reads the logged values back from the device)."""
     silence_known_warnings()
+    deterministic = bool(tcfg.get("deterministic", False))
+    bar = show_progress_bar(tcfg)
+    if bar:
+        callbacks = [*callbacks, TQDMProgressBar(refresh_rate=max(1, int(tcfg.get("progress_bar_refresh") or 1)))]
     return pl.Trainer(
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
@@ -97,13 +119,40 @@ def make_trainer(tcfg, max_epochs: int, logger=None, callbacks=()) -> pl.Trainer
         logger=logger if logger is not None else False,
         callbacks=[_EpochLog(), *callbacks],
         enable_checkpointing=False,
-        enable_progress_bar=show_progress_bar(tcfg),
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=tcfg.log_every_n_steps,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        deterministic=bool(tcfg.get("deterministic", False)),
+        deterministic=deterministic,
+        benchmark=True if on_cuda(tcfg) and not deterministic else None,
     )
+
+
+def compile_enabled(tcfg, device: torch.device) -> bool:
+    """`trainer.compile`: auto compiles on CUDA only; true or false force it."""
+    c = tcfg.get("compile", False)
+    return device.type == "cuda" if c == "auto" else bool(c)
+
+
+@contextmanager
+def compiled(module: pl.LightningModule, tcfg, device: torch.device):
+    """Within the block, each child of `module.model.backbone` that holds parameters runs through
+    `torch.compile` (`trainer.compile`, `trainer.compile_mode`), when the module declares
+    `compilable = True` (training modules whose steps register no hooks). Compiled in place
+    (`nn.Module.compile`): parameter names, state dicts and checkpoints are as in eager mode; the
+    model is eager again after the block, so scoring, hooks and copies see a plain module."""
+    parts = []
+    if getattr(module, "compilable", False) and compile_enabled(tcfg, device):
+        parts = [m for m in module.model.backbone.children() if any(True for _ in m.parameters())]
+    mode = str(tcfg.get("compile_mode") or "default")
+    for m in parts:
+        m.compile(mode=None if mode == "default" else mode)
+    try:
+        yield
+    finally:
+        for m in parts:
+            m._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
 
 
 def device_of(trainer: pl.Trainer) -> torch.device:
@@ -148,7 +197,9 @@ def fit(
     `tcfg.checkpoint_every_s` seconds (0: every epoch; always after the last) and an existing one
     is resumed from, so an interrupted run continues where it stopped (from the last saved epoch;
     the shuffling order after a resume differs from an uninterrupted run's). `loader(device)`, when given,
-    builds the batches instead of a shuffled `DeviceLoader` over `x`, `y` (e.g. MixMatch's).
+    builds the batches instead of a shuffled `DeviceLoader` over `x`, `y` (e.g. MixMatch's), else
+    `trainer.drop_last` drops each epoch's last partial batch (fixed shapes for `torch.compile` and
+    cuDNN). `trainer.compile` compiles the module's backbone for the fit (`compiled`).
     `on_resume({"checkpoint": path, "epochs_done": n})` is called when training resumes.
     """
     every_s = float(tcfg.get("checkpoint_every_s", 60) or 0)
@@ -166,6 +217,7 @@ def fit(
             device=device_of(trainer),
             seed=seed,
             extras=extras,
+            drop_last=bool(tcfg.get("drop_last", False)),
         )
     ckpt_path = None
     state = _usable(checkpoint, module) if checkpoint is not None else None
@@ -175,7 +227,8 @@ def fit(
         ckpt_path = str(checkpoint)
         if on_resume is not None:
             on_resume({"checkpoint": str(checkpoint), "epochs_done": done})
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    with compiled(module, tcfg, device_of(trainer)):
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     return module
 
 
@@ -215,36 +268,66 @@ def eval_device(tcfg) -> torch.device:
     return torch.device("cuda")
 
 
+def score_batch(batch_size: int, x: torch.Tensor, device: torch.device) -> int:
+    """The batch size of a scoring pass: as given on the CPU; on CUDA at least 2**22 pixels per
+    batch (4,096 images of 32 x 32, 83 of 224 x 224), so a pass is a few large kernels."""
+    if device.type != "cuda":
+        return int(batch_size)
+    return max(int(batch_size), 2**22 // max(1, x.shape[-1] * x.shape[-2]))
+
+
 @torch.inference_mode()
 def over_batches(
-    model: torch.nn.Module, x: torch.Tensor, fn, batch_size: int = 512, device="cpu", empty: torch.Tensor | None = None
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    fn,
+    batch_size: int = 512,
+    device="cpu",
+    empty: torch.Tensor | None = None,
+    bf16: bool | None = None,
 ) -> torch.Tensor:
     """`fn(i, xb)` on batches `xb` (uint8, on `device`) starting at `i`, the model in eval mode
-    (its mode is restored afterwards); the outputs concatenated on the CPU."""
+    (its mode is restored afterwards); the outputs concatenated on the CPU.
+
+    The images move to `device` once; the outputs stay there and come back in one copy at the
+    end. On CUDA the batches are large (`score_batch`) and `bf16` (None: on CUDA only) runs `fn`
+    under bf16 autocast, floating outputs returned in float32; on the CPU it is fp32 at the given
+    batch size, as before."""
     device = torch.device(device)
+    bf16 = device.type == "cuda" if bf16 is None else bool(bf16)
+    batch_size = score_batch(batch_size, x, device)
     was_training = model.training
     model.eval().to(device)
+    x = x.to(device)
+    out = []
     try:
-        out = [fn(i, x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        for i in range(0, len(x), batch_size):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                o = fn(i, x[i : i + batch_size])
+            out.append(o.float() if o.is_floating_point() else o)
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else (empty if empty is not None else torch.zeros(0))
+    return torch.cat(out).cpu() if out else (empty if empty is not None else torch.zeros(0))
 
 
 def predict(
-    model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu", transform=None, bf16: bool = False
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 512,
+    device="cpu",
+    transform=None,
+    bf16: bool | None = None,
 ) -> torch.Tensor:
     """Arg-max predictions for uint8 images `x` (optionally passed through `transform` first);
-    `bf16` evaluates under bf16 autocast, as a model trained with bf16-mixed was trained."""
-    device = torch.device(device)
+    `bf16` evaluates under bf16 autocast (None: on CUDA only; the evaluation passes whether the
+    model was trained with bf16-mixed)."""
 
     def step(i, xb):
         if transform is not None:
             xb = transform(xb)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(xb.float().div_(255)).argmax(1)
+        return model(xb.float().div_(255)).argmax(1)
 
-    return over_batches(model, x, step, batch_size, device, empty=torch.zeros(0, dtype=torch.long))
+    return over_batches(model, x, step, batch_size, device, empty=torch.zeros(0, dtype=torch.long), bf16=bf16)
 
 
 def per_sample_loss(
@@ -260,11 +343,12 @@ def per_sample_loss(
     """`loss_fn(logits, y, reduction="none")` for every sample, the model in eval mode; with
     `augment`, on one augmented view of each uint8 image (loss-ranking defenses, e.g. DBD)."""
     generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    y = y.to(device)
 
     def step(i, xb):
         if augment is not None:
             xb = augment(xb, generator)
-        return loss_fn(model(xb.float().div_(255)), y[i : i + len(xb)].to(xb.device), reduction="none")
+        return loss_fn(model(xb.float().div_(255)), y[i : i + len(xb)], reduction="none")
 
     return over_batches(model, x, step, batch_size, device)
 

@@ -31,21 +31,22 @@ def fit_flow(
 ) -> list[float]:
     """Minimise the mean negative log-likelihood of `z` under `flow` on `device` (the flows paper, Eq. 2,
     Sec. 5.1: Adam lr 1e-3, betas (0.9, 0.99), batch 16, 50 epochs). Returns the mean NLL per
-    epoch; the flow is left on `device`."""
+    epoch (read back from the device once per epoch, not per step); the flow is left on `device`."""
     g = torch.Generator().manual_seed(seed)
     flow, z = flow.to(device), z.to(device)
     opt = torch.optim.Adam(flow.parameters(), lr=lr, betas=tuple(betas))
     history = []
     flow.train()
     for _ in range(epochs):
-        order, total = torch.randperm(len(z), generator=g).to(device), 0.0
+        order = torch.randperm(len(z), generator=g).to(device)
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed in float64, as Python floats
         for i in range(0, len(z), batch_size):
             nll = -flow().log_prob(z[order[i : i + batch_size]]).mean()
             opt.zero_grad()
             nll.backward()
             opt.step()
-            total += float(nll.detach()) * len(order[i : i + batch_size])
-        history.append(total / max(1, len(z)))
+            total += nll.detach().double() * len(order[i : i + batch_size])
+        history.append(float(total) / max(1, len(z)))
     return history
 
 

@@ -69,7 +69,7 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float = 0.5, symmetri
     b = len(u)
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    positive = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    positive = torch.arange(2 * b, device=z.device).add_(b).remainder_(2 * b)  # i <-> i + B, built on the device
     losses = F.cross_entropy(sim, positive, reduction="none")
     return losses.mean() if symmetric else losses[:b].mean()
 
@@ -90,12 +90,18 @@ def centroid_separation(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The SD module's fine-tune loss (Chen, Wu, Wang, NeurIPS 2022, App. A.1; "L_intra" in their
     official README), as their official code computes it: the mean of all K'^2 entries of the cosine-similarity matrix of the
     batch's K' class centroids (by given label), its diagonal zeroed. Minimising it pushes the
-    class centroids apart."""
-    classes = y.unique()
-    mu = torch.stack([f[y == c].float().mean(0) for c in classes])
-    mu = F.normalize(mu, dim=1)
+    class centroids apart.
+
+    Computed without a host sync: each sample carries its class's normalised centroid (from the
+    [B, B] same-label matrix) and weight 1 / (its class's count), so the weighted sums over
+    samples are the sums over the K' classes (K' = the weights' sum)."""
+    same = (y[:, None] == y[None]).float()
+    count = same.sum(1)
+    mu = F.normalize((same @ f.float()) / count[:, None], dim=1)  # row i: the centroid of i's class
+    w = 1.0 / count
     s = mu @ mu.T
-    return (s - torch.diag(torch.diag(s))).mean()
+    k = w.sum()
+    return (w @ s @ w - (w * s.diagonal()).sum()) / (k * k)
 
 
 def contrastive_positives(y: torch.Tensor, supervised: torch.Tensor, clean_pos_only: bool = False) -> torch.Tensor:
@@ -142,9 +148,12 @@ def mixed_cross_entropy(
     part without samples contributes 0 (our choice: the official code's empty mean is NaN)."""
     ce = F.cross_entropy(logits.float(), y, reduction="none")
     p = poisoned.bool()
-    clean = ce[~p].mean() if (~p).any() else ce.sum() * 0
-    poison = ce[p].mean() if p.any() else ce.sum() * 0
-    return clean - lambda_p * poison
+    zero = ce.new_zeros(())
+
+    def part_mean(mask: torch.Tensor) -> torch.Tensor:  # 0 for an empty part, no host sync
+        return torch.where(mask, ce, zero).sum() / mask.sum().clamp_min(1)
+
+    return part_mean(~p) - lambda_p * part_mean(p)
 
 
 LOSSES = {"ce": cross_entropy, "sce": sce, "gce": gce, "apl": apl, "lga": lga}

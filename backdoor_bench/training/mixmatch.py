@@ -27,11 +27,26 @@ def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
     return p / p.sum(1, keepdim=True)
 
 
-def mixup(x: torch.Tensor, t: torch.Tensor, lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor, t: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MixMatch's MixUp with lambda' = max(lambda, 1 - lambda), so each mixed sample stays closer
-    to its own input than to its partner `perm`."""
-    lam = max(lam, 1.0 - lam)
-    return lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
+    to its own input than to its partner `perm`. `lam` may be a tensor on the device (no host
+    sync); lambda' and 1 - lambda' are formed in float64, as from a Python float."""
+    lam = torch.as_tensor(lam, dtype=torch.float64, device=x.device)
+    lam = torch.maximum(lam, 1.0 - lam)
+
+    def mixed(v: torch.Tensor) -> torch.Tensor:
+        return lam.to(v.dtype) * v + (1.0 - lam).to(v.dtype) * v[perm]
+
+    return mixed(x), mixed(t)
+
+
+def beta_sample(alpha: float, device) -> torch.Tensor:
+    """One draw of Beta(alpha, alpha), a 0-d tensor drawn on `device` by its default generator
+    (`torch.distributions.Beta`; on the CPU the same draw as from Python floats)."""
+    a = torch.tensor(float(alpha), device=device)
+    return torch.distributions.Beta(a, a).sample()
 
 
 def mixmatch_loss(
@@ -116,6 +131,8 @@ class MixMatch(pl.LightningModule):
     warm-up included).
     """
 
+    compilable = True  # `trainer.compile` may compile its backbone (training.fit.compiled)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -149,9 +166,7 @@ class MixMatch(pl.LightningModule):
             q = sharpen(p, self.T)
         inputs = torch.cat([x, u.flatten(0, 1)])
         targets = torch.cat([F.one_hot(y, self.num_classes).float(), q.repeat(k, 1)])
-        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
-        perm = torch.randperm(len(inputs), device=inputs.device)
-        mixed_x, mixed_t = mixup(inputs, targets, lam, perm)
+        mixed_x, mixed_t = self.mix(inputs, targets)
         logits = self(mixed_x)
         lx, lu = mixmatch_loss(logits[: len(x)], mixed_t[: len(x)], logits[len(x) :], mixed_t[len(x) :])
         t = self.epoch_offset + self.current_epoch + batch_idx / max(1, self.trainer.num_training_batches)
@@ -165,6 +180,13 @@ class MixMatch(pl.LightningModule):
             batch_size=len(x),
         )
         return loss
+
+    def mix(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp of the batch with a random permutation of itself, lambda ~ Beta(alpha, alpha),
+        drawn on the batch's device (no host sync)."""
+        lam = beta_sample(self.alpha, inputs.device)
+        perm = torch.randperm(len(inputs), device=inputs.device)
+        return mixup(inputs, targets, lam, perm)
 
     def configure_optimizers(self):
         return configure_optimizers(self.model.parameters(), self.optim, self.max_epochs)

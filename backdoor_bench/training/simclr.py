@@ -35,6 +35,8 @@ class SimCLR(pl.LightningModule):
     and the batch (labels and extras), e.g. D-ST's SS-CTL.
     """
 
+    compilable = True  # `trainer.compile` may compile its backbone (training.fit.compiled)
+
     def __init__(
         self,
         model: nn.Module,

@@ -18,6 +18,8 @@ class Supervised(pl.LightningModule):
     it: the backbone is frozen only by the no-grad feature pass, so its BatchNorm keeps updating).
     """
 
+    compilable = True  # `trainer.compile` may compile its backbone (training.fit.compiled)
+
     def __init__(
         self,
         model: torch.nn.Module,

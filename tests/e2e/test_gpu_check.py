@@ -33,6 +33,7 @@ def test_smoke_runs_every_step_and_prints_one_table(tmp_path):
     assert list(rows) == ["device", "bench", "badnets", "dbr", "simclr epoch"]
     assert "torch " + torch.__version__ in rows["device"]
     assert "compute" in rows["bench"] and "runner" in rows["bench"] and "images/s" in rows["bench"]
+    assert "ssl " in rows["bench"] and "ssl_compute " in rows["bench"] and "mixmatch " in rows["bench"]
     assert "ACC " in rows["badnets"] and "ASR " in rows["badnets"] and "2 epochs" in rows["badnets"]
     assert "split precision " in rows["dbr"] and "ACC " in rows["dbr"] and "ASR " in rows["dbr"]
     assert not any("FAILED" in r for r in table)
