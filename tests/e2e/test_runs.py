@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, group_members, run_py, sweep_params
+from tests.conftest import ROOT, children_cpu_s, group_members, run_py, sweep_params
 
 
 def results(p):
@@ -135,6 +135,17 @@ def test_experiment_runs_at_tiny_scale(attack_runs):
         out, _ = attack_runs[attack]
         assert (out / "results.json").exists()
         assert "experiment=core/attacks" in (out / ".hydra" / "overrides.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_core_attacks_at_tiny_scale_is_quick(run_cli):
+    """experiment=core/attacks at trainer=tiny, the trained attacks (TrojanNN, LC, SSBA) under the
+    stage caps, in under 3 CPU minutes: CPU time, not wall time, which on a shared machine measures
+    the neighbours (measured: 32 CPU s)."""
+    before = children_cpu_s()
+    p = run_cli("experiment=core/attacks", "trainer=tiny", "assets.stand_ins=true", multirun=True)
+    assert len(list(p.out_dir.rglob("results.json"))) == len(sweep_params("core/attacks")["attack"])
+    assert children_cpu_s() - before < 180
 
 
 def test_failed_sweep_point_loses_no_other_result(run_cli):
