@@ -53,7 +53,7 @@ SLICES = {
 @pytest.mark.parametrize("experiment", list(SLICES))
 def test_cleanser_experiment_runs_at_tiny_scale(tmp_path, experiment):
     p = run_table(tmp_path / "multirun", tmp_path / "cache", experiment, **SLICES[experiment])
-    ref = [] if experiment.startswith("ssl_knn") else ["--reference", experiment]
+    ref = [] if experiment.startswith("ssl_knn") else ["--reference", experiment, "--force"]
     rep = report_table(p.out_dir, *ref, "--metrics", "acc,asr,tpr,fpr,relabel_acc")
     assert ("paper" in rep) == bool(ref)
     if experiment == "flows/table3":  # flow_relabel on supervised features: no SSL backbone

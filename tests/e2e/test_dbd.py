@@ -67,7 +67,7 @@ def test_dbd_experiment_runs_at_tiny_scale(tmp_path, experiment):
     p = run_table(tmp_path / "multirun", tmp_path / "cache", f"dbd/{experiment}", **SLICES[experiment])
     if experiment == "cpu":
         return
-    reference = ["--reference", f"dbd/{experiment}", "--metrics", "acc,asr,kept_poison_rate"]
+    reference = ["--reference", f"dbd/{experiment}", "--force", "--metrics", "acc,asr,kept_poison_rate"]
     rep = report_table(p.out_dir, *reference, "--out", str(tmp_path / "rep"))
     assert "paper" in rep and "dbd" in rep
     if experiment == "table3":

@@ -139,7 +139,16 @@ def test_table_slice_runs_at_tiny_scale_and_reports(run_cli, table, attacks, def
     n = len(attacks.split(",")) * len(defenses.split(","))
     assert len(list(p.out_dir.rglob("results.json"))) == n and not list(p.out_dir.rglob("error.json"))
     rep = subprocess.run(
-        [sys.executable, "scripts/report.py", str(p.out_dir), "--reference", table, "--metrics", "acc_nontarget,asr"],
+        [
+            sys.executable,
+            "scripts/report.py",
+            str(p.out_dir),
+            "--reference",
+            table,
+            "--force",
+            "--metrics",
+            "acc_nontarget,asr",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ def test_gallery_sheet_rows(tmp_path, capsys):
             "trainer=tiny",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "--attacks",
-            "badnets,sig,adap_patch,dirty_label",
+            "badnets,dst/sig,adap_patch,dirty_label",
             "--out",
             str(out),
             "--n",
@@ -24,7 +24,7 @@ def test_gallery_sheet_rows(tmp_path, capsys):
         ]
     )
     assert rc == 0 and out.stat().st_size > 5000
-    # badnets, dirty_label: one row each; sig and adap_patch: a test row too (stronger delta, other patches)
+    # badnets, dirty_label: one row each; dst/sig and adap_patch: a test row too (stronger delta, other patches)
     assert "gallery: 6 rows (4 attacks)" in capsys.readouterr().out
 
 

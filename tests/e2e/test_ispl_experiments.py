@@ -161,7 +161,16 @@ def test_table1_slice_runs_at_tiny_scale_and_reports(run_cli):
     )
     assert len(list(p.out_dir.rglob("results.json"))) == 4 and not list(p.out_dir.rglob("error.json"))
     rep = subprocess.run(
-        [sys.executable, "scripts/report.py", str(p.out_dir), "--reference", "ispl/table1", "--metrics", "acc,tmr"],
+        [
+            sys.executable,
+            "scripts/report.py",
+            str(p.out_dir),
+            "--reference",
+            "ispl/table1",
+            "--force",
+            "--metrics",
+            "acc,tmr",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

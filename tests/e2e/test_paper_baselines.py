@@ -43,7 +43,7 @@ def test_one_attack_against_every_defense_of_the_table(tmp_path, table):
     defenses = [d for d in sweep(table)["defense"] if d.split("/")[0] not in ELSEWHERE[table]]
     p = run_table(tmp_path / "multirun", tmp_path / "cache", table, attack=attack, defense=",".join(defenses))
     metrics = "acc_nontarget,asr" if table == "dbr/table2" else "acc,asr"
-    rep = report_table(p.out_dir, "--reference", table, "--metrics", metrics)
+    rep = report_table(p.out_dir, "--reference", table, "--force", "--metrics", metrics)
     assert "paper" in rep
     for d in defenses:
         assert f" {d.split('/')[0]} ASR ours " in rep, (d, rep)
