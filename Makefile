@@ -19,7 +19,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
-## make test: the fast suite (the target: under 20 minutes on 2 CPU cores; the last full run took about 26)
+## make test: the fast suite (the target: under 20 minutes on 2 CPU cores; the last full run took about 20.5 on a busy machine)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
