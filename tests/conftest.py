@@ -12,7 +12,9 @@ CONF = ROOT / "conf"
 
 def group_members(group: str) -> list[str]:
     """Every option of a config group, presets in subfolders included (e.g. `dbd/badnets`)."""
-    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+    from backdoor_bench.catalog import members
+
+    return members(group, CONF)
 
 
 def sweep_params(experiment: str) -> dict[str, list[str]]:

@@ -157,8 +157,9 @@ def paper_table(
     runs: pd.DataFrame, metrics=("acc", "asr"), rows: str = "attack", keep=(), agg: str = "mean"
 ) -> pd.DataFrame:
     """The `agg` (mean or median; `std`, the sample standard deviation, or `n`, the number of runs)
-    over the runs of each cell (seeds, or scenarios such as seed 002's three trigger draws per
-    pair, whose paper reports the median), in % (counts as counts), indexed by `rows`; columns
+    over the runs of each cell (seeds, or scenarios such as the three trigger draws per pair of
+    the ISPL paper, "Defending Against Backdoor Attacks Using Ensembles of Weak Learners", ICLR 2022
+    submission, Sec. 5, which reports the median), in % (counts as counts), indexed by `rows`; columns
     (defense, metric name).
 
     Runs on different datasets, models or poison rates are never aggregated together: any of those
