@@ -75,28 +75,29 @@ class StageState:
     `load(default, check)`, `save(obj)`, `clear()`. Where it is stored is the runner's business;
     it is read through `cache.load_checkpoint`, so a broken state is deleted and rebuilt. A state
     that loads is appended to `resumed` (the run's record, for results.json) as
-    `{"stage": name, "checkpoint": path}`."""
+    `{"stage": name, "checkpoint": path}`. Its attributes are private: a defense must not learn
+    where the cache lives (the ground-truth test searches every public attribute)."""
 
     def __init__(self, path: Path | None, name: str = "", resumed: list | None = None):
-        self.path, self.name, self.resumed = path, name, resumed
+        self._path, self._name, self._resumed = path, name, resumed
 
     def load(self, default=None, check=None):
         """The saved state, or `default` when there is none or it is unusable (it does not load, or
         `check(state)` raises)."""
-        state = load_checkpoint(self.path, check)
+        state = load_checkpoint(self._path, check)
         if state is None:
             return default
-        if self.resumed is not None:
-            self.resumed.append({"stage": self.name, "checkpoint": str(self.path)})
+        if self._resumed is not None:
+            self._resumed.append({"stage": self._name, "checkpoint": str(self._path)})
         return state
 
     def save(self, obj) -> None:
-        if self.path is not None:
-            atomic_torch_save(self.path, obj)
+        if self._path is not None:
+            atomic_torch_save(self._path, obj)
 
     def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
 
 
 class Runner:
