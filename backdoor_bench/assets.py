@@ -68,6 +68,12 @@ REGISTRY: dict[str, Asset] = {
         "best_square_trigger_cifar10.npz",
         "D-ST/D-BR's Trojan trigger, added to the image (NAD's trigger/ folder)",
     ),
+    "backdoorbench_lf_cifar10_preactresnet18": Asset(
+        "https://raw.githubusercontent.com/SCLBD/BackdoorBench/4fe667f4fde846d351e199088eefc791f5737ada/"
+        "resource/lowFrequency/cifar10_preactresnet18_0_255.npy",
+        "lf_cifar10_preactresnet18_0_255.npy",
+        "BackdoorBench's LF pattern for CIFAR-10 / PreActResNet-18, added to the image (Zeng et al., ICCV 2021)",
+    ),
 }
 
 
