@@ -5,7 +5,10 @@ trigger (`stamp`), which samples may be poisoned (`eligible`) and cover samples 
 trigger-like images that keep their label, WaNet's noise mode and Adap-*). The base class chooses
 the exact number of samples, stamps them before any augmentation, relabels them, and records the
 ground truth that only the evaluator sees. Attacks that train something (a surrogate model, an
-encoder) get `AttackTools` through `bind` and cache what they build.
+encoder) get `AttackTools` through `bind` and cache what they build. Attacks that control the
+training of the backdoored model (`trains_batches`: WaNet's train mode, Blind) transform each of
+its training batches on the device (`train_batch`), as well as or instead of poisoning the stored
+set.
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ class PoisonedSet:
     @classmethod
     def from_payload(cls, d: dict) -> PoisonedSet:
         return cls(ImageSet.from_payload(d["train"]), d["poisoned"], d["y_true"], d["cover"])
+
+
+@dataclass
+class TrainBatch:
+    """A training batch as a training-controlled attack hands it to the loss: `x` float images in
+    [0, 1] (the model's input, after the dataset's augmentation), `y` labels, and `combine`, how
+    the per-sample losses `[len(y)]` become the step's loss (None: their mean)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -83,6 +97,7 @@ class Attack:
     clean_label = False  # clean-label attacks never change a label
     rate_of = "dataset"  # poison_rate is a fraction of the "dataset" or of the "eligible" samples
     needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
+    trains_batches = False  # transforms the backdoored model's training batches (`train_batch`)
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(
@@ -123,6 +138,18 @@ class Attack:
 
     def stamp_cover(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The cover samples' images."""
+        raise NotImplementedError
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> TrainBatch:
+        """Attacks with `trains_batches`: one training batch of the backdoored model (float images
+        in [0, 1] after augmentation, on the training device) as the model should learn from it.
+        Runs inside the training step: device-side work only, no host sync; `generator` is a
+        seeded generator on the batch's device."""
+        raise NotImplementedError
+
+    def batch_counts(self, batch_size: int) -> dict:
+        """Attacks with `trains_batches`: how many samples of a full training batch of `batch_size`
+        it poisons and covers (`results.json`'s `data.per_batch`)."""
         raise NotImplementedError
 
     def eligible(self, y: torch.Tensor) -> torch.Tensor:
