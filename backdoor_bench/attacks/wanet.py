@@ -23,13 +23,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from backdoor_bench.attacks.base import Attack, TrainBatch
+from backdoor_bench.attacks.base import BatchPoisoning
 from backdoor_bench.errors import ConfigError
 
-MODES = ("poison", "train")
 
-
-class WaNet(Attack):
+class WaNet(BatchPoisoning):
     """Args (beyond `Attack`'s): `k` (control grid size), `s` (warping strength), `grid_rescale`,
     `noise` (add cross samples), `cross_ratio` (cross samples per poisoned sample), `field_seed`,
     `mode` (`poison`: a poisoned stored set; `train`: every training batch poisoned anew)."""
@@ -42,7 +40,6 @@ class WaNet(Attack):
         noise: bool = True,
         cross_ratio: float = 2.0,
         field_seed: int = 0,
-        mode: str = "poison",
         **kw,
     ):
         super().__init__(**kw)
@@ -50,15 +47,8 @@ class WaNet(Attack):
             raise ConfigError(f"attack.k={k} must be at least 2 (the control grid is k x k)")
         if float(s) < 0 or float(cross_ratio) < 0 or float(grid_rescale) <= 0:
             raise ConfigError("attack.s and attack.cross_ratio must be >= 0 and attack.grid_rescale > 0")
-        if mode not in MODES:
-            raise ConfigError(f"attack.mode={mode!r} is unknown: use one of {', '.join(MODES)}")
-        if mode == "train" and self.poison_count is not None:
-            raise ConfigError(
-                "attack.poison_count is for attack.mode=poison: mode=train poisons poison_rate of each batch"
-            )
         self.k, self.s, self.grid_rescale = int(k), float(s), float(grid_rescale)
         self.noise, self.cross_ratio, self.field_seed = bool(noise), float(cross_ratio), int(field_seed)
-        self.mode, self.trains_batches = mode, mode == "train"
         self._grids: dict = {}  # the field per (size, device), built once
 
     def check(self, num_classes, shape):
@@ -91,18 +81,7 @@ class WaNet(Attack):
     def apply(self, x):
         return self.warp(x, self.grid(x.shape[-1]))
 
-    def poison_spec(self, cfg):
-        """`mode: poison` (the default) stays out of the spec: the poisoned sets cached before the
-        mode existed keep their keys."""
-        spec = super().poison_spec(cfg)
-        if spec.get("mode") == "poison":
-            spec.pop("mode")
-        return spec
-
     # -- mode=poison: the stored set -----------------------------------------------------------
-    def n_poison(self, n_train, n_eligible=None):
-        return 0 if self.trains_batches else super().n_poison(n_train, n_eligible)
-
     def n_cover(self, n_poison, n_train):
         return int(round(self.cross_ratio * n_poison)) if self.noise else 0
 
@@ -115,30 +94,16 @@ class WaNet(Attack):
         return self.warp(x, self.noise_grid(len(x), x.shape[-1], generator))
 
     # -- mode=train: every batch ------------------------------------------------------------------
-    def per_batch(self, batch_size: int, generator: torch.Generator | None = None, device=None):
-        """(poisoned, cross) samples of a batch of `batch_size`, as BackdoorBench's WaNet counts
-        them: int(rate x batch) poisoned (below one: one with probability rate x batch, drawn on
-        `device`, a 0-dim tensor), int(poisoned x cross_ratio) cross samples (none without noise)."""
-        expected = self.poison_rate * batch_size
-        if expected >= 1:
-            n_bd = int(expected)
-            return n_bd, int(n_bd * self.cross_ratio) if self.noise else 0
-        n_bd = (torch.rand((), generator=generator, device=device) < expected).long()
-        return n_bd, (n_bd * self.cross_ratio).long() if self.noise else 0
+    def n_extra(self, n_poisoned, batch_size):
+        """int(poisoned x cross_ratio) noise samples (none without noise), as BackdoorBench."""
+        if not self.noise:
+            return 0
+        if isinstance(n_poisoned, torch.Tensor):
+            return (n_poisoned * self.cross_ratio).long()
+        return int(n_poisoned * self.cross_ratio)
 
-    def batch_counts(self, batch_size):
-        expected = self.poison_rate * batch_size
-        if expected < 1:
-            return {"batch_size": batch_size, "poisoned": f"1 with probability {expected:g}", "cover": None}
-        n_bd, n_cross = self.per_batch(batch_size)
-        return {"batch_size": batch_size, "poisoned": n_bd, "cover": n_cross}
+    def batch_trigger(self, x):
+        return F.grid_sample(x, self.device_grid(x.shape[-1], x.device).expand(len(x), -1, -1, -1), align_corners=True)
 
-    def train_batch(self, x, y, generator):
-        n, size = len(y), x.shape[-1]
-        n_bd, n_cross = self.per_batch(n, generator, x.device)
-        pos = torch.arange(n, device=x.device)
-        bd, cross = pos < n_bd, (pos >= n_bd) & (pos < n_bd + n_cross)
-        warped = F.grid_sample(x, self.device_grid(size, x.device).expand(n, -1, -1, -1), align_corners=True)
-        crossed = F.grid_sample(x, self.noise_grid(n, size, generator, x.device), align_corners=True)
-        x = torch.where(bd[:, None, None, None], warped, torch.where(cross[:, None, None, None], crossed, x))
-        return TrainBatch(x, torch.where(bd, self.target_label(y), y))
+    def batch_extra(self, x, triggered, generator):
+        return F.grid_sample(x, self.noise_grid(len(x), x.shape[-1], generator, x.device), align_corners=True)

@@ -69,10 +69,10 @@ def test_every_attack_runs_end_to_end(attack_runs, attack):
     per_batch = r["data"]["per_batch"]
     if r["data"]["train_time_poisoning"]:  # poisons inside each training batch: none stored, counts per batch
         assert r["data"]["n_poisoned"] == 0 and r["data"]["n_cover"] == 0
-        assert per_batch == {"blind": {"batch_size": 64, "poisoned": 64, "cover": 0, "backdoored_copy": True}}.get(
-            base,
-            {"batch_size": 64, "poisoned": 6, "cover": 12},  # WaNet: int(0.1 x 64), int(6 x 2)
-        )
+        assert per_batch == {
+            "blind": {"batch_size": 64, "poisoned": 64, "cover": 0, "backdoored_copy": True},
+            "bpp": {"batch_size": 64, "poisoned": 6, "cover": 6},  # int(0.1 x 64) each
+        }.get(base, {"batch_size": 64, "poisoned": 6, "cover": 12})  # WaNet: int(0.1 x 64), int(6 x 2)
     elif attack == "none":
         assert r["data"]["n_poisoned"] == 0 and per_batch is None
     elif base.startswith(("sig", "lc", "dirty_label", "ctrl")):  # the rate is a share of the target (source) class

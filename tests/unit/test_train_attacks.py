@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from backdoor_bench.attacks.base import TrainBatch
 from backdoor_bench.attacks.blind import Blind
+from backdoor_bench.attacks.bpp import BppAttack
 from backdoor_bench.attacks.wanet import WaNet
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.supervised import Supervised
@@ -67,6 +68,26 @@ def test_wanet_mode_keys():
         WaNet(name="w", mode="batch")
     with pytest.raises(ConfigError, match="attack.poison_count"):
         WaNet(name="w", mode="train", poison_count=5)
+
+
+# -- BppAttack, mode=train -------------------------------------------------------------------------
+def test_bpp_train_mode_squeezes_and_adds_negative_samples():
+    a = BppAttack(name="bpp", mode="train", dithering=False, poison_rate=0.2, neg_ratio=0.3, num_classes=10)
+    assert a.per_batch(128) == (25, 38) and a.per_batch(10) == (2, 3)  # int(25.6), int(38.4): BackdoorBench's int()
+    assert BppAttack(name="bpp", mode="train", poison_rate=0.01).per_batch(10, torch.Generator())[1] in (0, 3)
+    assert not a.poison(data(n=20), 0).poisoned.any()
+    levels = torch.tensor([100, 20, 200, 60, 250, 0, 130, 180, 90, 30], dtype=torch.float32)
+    x, y = (levels / 255).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous(), torch.arange(10)
+    b = a.train_batch(x, y, torch.Generator().manual_seed(0))
+    # 8 levels: step 255/7; 100 -> 109, 20 -> 36 (rounded to uint8 as the test trigger)
+    assert (b.x[:2, :, 0, 0] * 255).round().tolist() == [[109] * 3, [36] * 3] and b.y[:2].tolist() == [0, 0]
+    residuals = {
+        round(float(BppAttack(name="b", dithering=False).apply(v.to(torch.uint8).view(1, 1, 1, 1)) - v)) for v in levels
+    }
+    for i in range(2, 5):  # negatives: the image plus another image's residual, clipped; labels kept
+        assert round(float(b.x[i, 0, 0, 0] * 255 - levels[i])) in residuals | {255 - int(levels[i])}
+    assert torch.equal(b.x[5:], x[5:]) and torch.equal(b.y[2:], y[2:])
+    assert "neg_ratio" not in BppAttack(name="bpp").poison_spec({"name": "bpp", "mode": "poison", "neg_ratio": 0.1})
 
 
 # -- Blind ------------------------------------------------------------------------------------------
