@@ -35,6 +35,8 @@ ARTIFACTS: dict[str, tuple[str, ...]] = {
     "poisoned_set": ("data", "attack", "surrogate", "seed"),
     # a model of standard supervised training: surrogate, backdoored or retrained
     "model": ("data", "role", "epochs", "loss", "model", "training", "augment", "seed"),
+    # the backdoored model of a training-controlled attack: `batch_attack` is the attack's config
+    "attacked_model": ("data", "role", "epochs", "loss", "model", "training", "augment", "batch_attack", "seed"),
     # a SimCLR backbone (with its projector) on the unlabeled training set
     "ssl_backbone": ("data", "ssl", "ssl_epochs", "model", "precision", "seed"),
     # a defense stage's resumable state (per-epoch checkpoint)

@@ -47,6 +47,8 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, i
         train, test = runner.load_data()
     with runner.timed("poison"):
         poisoned = poison(runner, attack, train)
+    if attack.trains_batches:  # the backdoored model's training, never a defense's
+        runner.control_training(attack.train_batch, attack.poison_spec(plain_attack_cfg(cfg)))
     ctx = defense_context(runner, defense, poisoned, train, out_dir)
     with runner.timed("defense"):
         outcome = defense.run(ctx)
@@ -72,6 +74,10 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, i
             "n_test": len(test),
             "n_poisoned": int(poisoned.poisoned.sum()),
             "n_cover": int(poisoned.cover.sum()),
+            # a training-controlled attack poisons (also) inside each training batch of the backdoored
+            # model: the poison mask covers only the stored set; `per_batch`: its counts per full batch
+            "train_time_poisoning": attack.trains_batches,
+            "per_batch": attack.batch_counts(int(cfg.trainer.batch_size)) if attack.trains_batches else None,
         },
         "cache": runner.cache.events,
         "resumed": runner.resumed,
@@ -105,12 +111,16 @@ def poison(runner: Runner, attack: Attack, train: ImageSet) -> PoisonedSet:
         "poisoned_set",
         partial(_poison_payload, attack, train, runner.seed),
         data=train,
-        attack=attack.poison_spec(OmegaConf.to_container(runner.cfg.attack, resolve=True)),
+        attack=attack.poison_spec(plain_attack_cfg(runner.cfg)),
         surrogate=attack.tools.spec if attack.needs_tools else None,
     )
     poisoned = PoisonedSet.from_payload(payload)
     log.info("poisoned %d of %d training samples (attack=%s)", int(poisoned.poisoned.sum()), len(train), attack.name)
     return poisoned
+
+
+def plain_attack_cfg(cfg) -> dict:
+    return OmegaConf.to_container(cfg.attack, resolve=True)
 
 
 def _poison_payload(attack: Attack, train: ImageSet, seed: int) -> dict:

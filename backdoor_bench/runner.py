@@ -114,6 +114,8 @@ class Runner:
         self.augment = augmentation(cfg.dataset)  # the dataset's training augmentation, or None
         self.timings: dict[str, float] = {}
         self.resumed: list[dict] = []  # the trainings and stage states this run resumed, for results.json
+        # a training-controlled attack and its config (`control_training`): private, as the cache
+        self._batch_attack: tuple[Callable, dict] | None = None
 
     def without(self, *groups: str) -> Runner:
         """This runner (same cache, logger and timings) over the config less `groups`: what a
@@ -261,26 +263,53 @@ class Runner:
         role: str | None = None,
         loss: str = "ce",
         epochs: int | None = None,
+        batch_attack: tuple[Callable, dict] | None = None,
     ) -> torch.nn.Module:
         """Standard supervised training of a fresh `cfg.model` on `data` (the trainer's recipe);
         with `role` (e.g. "backdoored"), cached and resumable, keyed by everything that
-        determines the model."""
+        determines the model. `batch_attack`: (a training-controlled attack's `train_batch`, its
+        config), which rewrites every training batch; keyed by that config too."""
         epochs = int(epochs or self.trainer_cfg.max_epochs)
+        hook = batch_attack[0] if batch_attack is not None else None
 
         def build(checkpoint: Path | None = None) -> torch.nn.Module:
             model = self.new_model(data)  # the same init whatever was built or loaded before
             optim = run_optimizer(self.trainer_cfg)
-            module = Supervised(model, optim, epochs, loss=loss, channels_last=self.channels_last, log_prefix=name)
+            module = Supervised(
+                model,
+                optim,
+                epochs,
+                loss=loss,
+                channels_last=self.channels_last,
+                log_prefix=name,
+                batch_attack=hook,
+                batch_seed=self.seed,
+            )
             self.fit(module, data, name, epochs, checkpoint=checkpoint)
             return model.cpu()
 
         if role is None:
             return build()
-        spec = self.spec("model", data=data, role=role, epochs=epochs, loss=loss)
-        return self.cached_model("model", spec, build, lambda: self.new_model(data))
+        if hook is None:
+            kind, spec = "model", self.spec("model", data=data, role=role, epochs=epochs, loss=loss)
+        else:
+            kind = "attacked_model"
+            spec = self.spec(kind, data=data, role=role, epochs=epochs, loss=loss, batch_attack=batch_attack[1])
+        return self.cached_model(kind, spec, build, lambda: self.new_model(data))
+
+    def control_training(self, train_batch: Callable, spec: dict) -> None:
+        """Let a training-controlled attack rewrite the backdoored model's training batches
+        (`train_batch`, keyed by `spec`): only `backdoored_model`, never a defense's training."""
+        self._batch_attack = (train_batch, spec)
 
     def backdoored_model(self, data: ImageSet) -> torch.nn.Module:
-        """The model of standard training on the (poisoned) `data`: what no defense gives."""
+        """The model of standard training on the (poisoned) `data`, or of the training-controlled
+        attack's training on it: what no defense gives."""
+        return self.train_model(data, "backdoored", role="backdoored", batch_attack=self._batch_attack)
+
+    def standard_model(self, data: ImageSet) -> torch.nn.Module:
+        """The model of standard training on `data` (cached): the backdoored model, unless the
+        attack controls training, whose model a defender's own training does not reproduce."""
         return self.train_model(data, "backdoored", role="backdoored")
 
     def ssl_backbone(self, data: ImageSet) -> torch.nn.Module:

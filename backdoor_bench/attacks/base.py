@@ -5,7 +5,10 @@ trigger (`stamp`), which samples may be poisoned (`eligible`) and cover samples 
 trigger-like images that keep their label, WaNet's noise mode and Adap-*). The base class chooses
 the exact number of samples, stamps them before any augmentation, relabels them, and records the
 ground truth that only the evaluator sees. Attacks that train something (a surrogate model, an
-encoder) get `AttackTools` through `bind` and cache what they build.
+encoder) get `AttackTools` through `bind` and cache what they build. Attacks that control the
+training of the backdoored model (`trains_batches`: WaNet's train mode, Blind) transform each of
+its training batches on the device (`train_batch`), as well as or instead of poisoning the stored
+set.
 """
 
 from __future__ import annotations
@@ -41,6 +44,17 @@ class PoisonedSet:
     @classmethod
     def from_payload(cls, d: dict) -> PoisonedSet:
         return cls(ImageSet.from_payload(d["train"]), d["poisoned"], d["y_true"], d["cover"])
+
+
+@dataclass
+class TrainBatch:
+    """A training batch as a training-controlled attack hands it to the loss: `x` float images in
+    [0, 1] (the model's input, after the dataset's augmentation), `y` labels, and `combine`, how
+    the per-sample losses `[len(y)]` become the step's loss (None: their mean)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -83,6 +97,7 @@ class Attack:
     clean_label = False  # clean-label attacks never change a label
     rate_of = "dataset"  # poison_rate is a fraction of the "dataset" or of the "eligible" samples
     needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
+    trains_batches = False  # transforms the backdoored model's training batches (`train_batch`)
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(
@@ -123,6 +138,18 @@ class Attack:
 
     def stamp_cover(self, x: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The cover samples' images."""
+        raise NotImplementedError
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> TrainBatch:
+        """Attacks with `trains_batches`: one training batch of the backdoored model (float images
+        in [0, 1] after augmentation, on the training device) as the model should learn from it.
+        Runs inside the training step: device-side work only, no host sync; `generator` is a
+        seeded generator on the batch's device."""
+        raise NotImplementedError
+
+    def batch_counts(self, batch_size: int) -> dict:
+        """Attacks with `trains_batches`: how many samples of a full training batch of `batch_size`
+        it poisons and covers (`results.json`'s `data.per_batch`)."""
         raise NotImplementedError
 
     def eligible(self, y: torch.Tensor) -> torch.Tensor:
@@ -203,3 +230,81 @@ class Attack:
             x[cidx] = self.stamp_cover(train.x[cidx], cidx, g)
             cover[cidx] = True
         return PoisonedSet(train.replace(x=x, y=y), poisoned, train.y.clone(), cover)
+
+
+MODES = ("poison", "train")
+
+
+def per_batch_poisoned(rate: float, batch_size: int, generator: torch.Generator | None = None, device=None):
+    """Poisoned samples in a training batch as BackdoorBench's training-time attacks count them
+    (`generalize_to_lower_pratio`, then `int`): int(rate x batch) when that is at least one, else
+    one with probability rate x batch (a 0-dim tensor drawn on `device`: no host sync)."""
+    expected = rate * batch_size
+    if expected >= 1:
+        return int(expected)
+    return (torch.rand((), generator=generator, device=device) < expected).long()
+
+
+class BatchPoisoning(Attack):
+    """An attack with two modes (`mode`): `poison` (the base class's poisoned stored set) or `train`
+    (BackdoorBench's training-time form of WaNet and BppAttack): the stored set stays clean and each
+    training batch of the backdoored model is poisoned on the device: its first
+    `per_batch_poisoned(poison_rate, batch)` samples get `batch_trigger` and the target label, the
+    next `n_extra` get `batch_extra` and keep their label (WaNet's noise samples, BppAttack's
+    negative samples). Batches are shuffled, so the poisoned samples change every epoch."""
+
+    def __init__(self, mode: str = "poison", **kw):
+        super().__init__(**kw)
+        if mode not in MODES:
+            raise ConfigError(f"attack.mode={mode!r} is unknown: use one of {', '.join(MODES)}")
+        if mode == "train" and self.poison_count is not None:
+            raise ConfigError(
+                "attack.poison_count is for attack.mode=poison: mode=train poisons poison_rate of each batch"
+            )
+        self.mode, self.trains_batches = mode, mode == "train"
+
+    def n_poison(self, n_train, n_eligible=None):
+        return 0 if self.trains_batches else super().n_poison(n_train, n_eligible)
+
+    def poison_spec(self, cfg):
+        """`mode: poison` (the default) stays out of the spec: the poisoned sets cached before the
+        mode existed keep their keys."""
+        spec = super().poison_spec(cfg)
+        if spec.get("mode") == "poison":
+            spec.pop("mode")
+        return spec
+
+    def n_extra(self, n_poisoned, batch_size: int):
+        """Label-keeping samples after the poisoned ones in a batch (an int, or a 0-dim tensor)."""
+        return 0
+
+    def batch_trigger(self, x: torch.Tensor) -> torch.Tensor:
+        """The trigger on float images in [0, 1] (every sample of the batch)."""
+        raise NotImplementedError
+
+    def batch_extra(self, x: torch.Tensor, triggered: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The label-keeping samples' images (every sample of the batch; `triggered` is
+        `batch_trigger(x)`)."""
+        raise NotImplementedError
+
+    def per_batch(self, batch_size: int, generator: torch.Generator | None = None, device=None):
+        """(poisoned, extra) samples of a batch of `batch_size`."""
+        n = per_batch_poisoned(self.poison_rate, batch_size, generator, device)
+        return n, self.n_extra(n, batch_size)
+
+    def batch_counts(self, batch_size):
+        expected = self.poison_rate * batch_size
+        if expected < 1:
+            return {"batch_size": batch_size, "poisoned": f"1 with probability {expected:g}", "cover": None}
+        n, extra = self.per_batch(batch_size)
+        return {"batch_size": batch_size, "poisoned": n, "cover": extra}
+
+    def train_batch(self, x, y, generator):
+        n_bd, n_extra = self.per_batch(len(y), generator, x.device)
+        pos = torch.arange(len(y), device=x.device)
+        bd, extra = pos < n_bd, (pos >= n_bd) & (pos < n_bd + n_extra)
+        triggered = self.batch_trigger(x)
+        out = torch.where(extra[:, None, None, None], self.batch_extra(x, triggered, generator), x)
+        return TrainBatch(
+            torch.where(bd[:, None, None, None], triggered, out), torch.where(bd, self.target_label(y), y)
+        )

@@ -116,11 +116,14 @@ class DefenseContext:
 
     def retrain(self, verdict: Verdict) -> torch.nn.Module:
         """The shared last step of every cleansing defense: train a fresh model on the kept samples.
-        A verdict that changes nothing gets the (cached) model trained on the whole set: the same
-        recipe on the same data."""
+        A verdict that changes nothing gets the (cached) model of standard training on the whole
+        set: the same recipe on the same data (the backdoored model, unless the attack controlled
+        its training)."""
         if verdict.kept.all() and (verdict.labels is None or torch.equal(verdict.labels, self.train.y.cpu())):
-            log.info("the verdict keeps every sample as it is: the backdoored model is the retrained one")
-            return self.backdoored_model()
+            log.info(
+                "the verdict keeps every sample as it is: the standard model of the whole set is the retrained one"
+            )
+            return self._runner.standard_model(self.train)
         data = verdict.cleansed(self.train)
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
         return self.train_model(data, "retrain")

@@ -16,6 +16,11 @@ class Supervised(pl.LightningModule):
     linear head on features computed without gradients, with the model in train mode, so the
     backbone's BatchNorm statistics still follow the data (DBD's warm-up as its official code runs
     it: the backbone is frozen only by the no-grad feature pass, so its BatchNorm keeps updating).
+
+    `batch_attack(x, y, generator) -> TrainBatch` (a training-controlled attack's `train_batch`;
+    only for the backdoored model) rewrites each batch after the augmentation, before the forward
+    pass, and may say how the per-sample losses combine; its generator lives on the batch's device,
+    seeded with `batch_seed`.
     """
 
     compilable = True  # `trainer.compile` may compile its backbone (training.fit.compiled)
@@ -30,6 +35,8 @@ class Supervised(pl.LightningModule):
         log_prefix: str = "train",
         loss_args: dict | None = None,
         head_only: bool = False,
+        batch_attack=None,
+        batch_seed: int = 0,
     ):
         super().__init__()
         self.model, self.optim, self.max_epochs = model, optim, max_epochs
@@ -39,6 +46,7 @@ class Supervised(pl.LightningModule):
             log_prefix,
         )
         self.head_only = head_only
+        self.batch_attack, self.batch_seed, self._batch_generator = batch_attack, int(batch_seed), None
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -51,16 +59,26 @@ class Supervised(pl.LightningModule):
             return self.model.head(f)
         return self.model(x)
 
+    def attacked(self, x: torch.Tensor, y: torch.Tensor):
+        """The batch as the training-controlled attack rewrites it: (x, y, combine or None)."""
+        if self.batch_attack is None:
+            return x, y, None
+        if self._batch_generator is None or self._batch_generator.device != x.device:
+            self._batch_generator = torch.Generator(device=x.device).manual_seed(self.batch_seed)
+        b = self.batch_attack(x, y, self._batch_generator)
+        return b.x, b.y, b.combine
+
     def training_step(self, batch, batch_idx):
-        logits = self(batch["x"])
-        loss = self.loss_fn(logits, batch["y"])
-        acc = (logits.argmax(1) == batch["y"]).float().mean()
+        x, y, combine = self.attacked(batch["x"], batch["y"])
+        logits = self(x)
+        loss = self.loss_fn(logits, y) if combine is None else combine(self.loss_fn(logits, y, reduction="none"))
+        acc = (logits.argmax(1) == y).float().mean()
         self.log_dict(
             {f"{self.log_prefix}/loss": loss, f"{self.log_prefix}/acc": acc},
             prog_bar=True,
             on_step=False,
             on_epoch=True,
-            batch_size=len(batch["y"]),
+            batch_size=len(y),
         )
         return loss
 

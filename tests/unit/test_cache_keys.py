@@ -57,6 +57,7 @@ GIVEN = {
     "artifact": ("sd_scores", "dst_encoder"),
     "spec": ({"k": 1}, {"k": 2}),
     "content": ("files-a", "files-b"),
+    "batch_attack": ({"name": "wanet", "mode": "train"}, {"name": "blind"}),
 }
 
 
