@@ -5,7 +5,8 @@ trigger (`stamp`), which samples may be poisoned (`eligible`) and cover samples 
 trigger-like images that keep their label, WaNet's noise mode and Adap-*). The base class chooses
 the exact number of samples, stamps them before any augmentation, relabels them, and records the
 ground truth that only the evaluator sees. Attacks that train something (a surrogate model, an
-encoder) get `AttackTools` through `bind` and cache what they build.
+encoder) get `AttackTools` through `bind` and cache what they build. Attacks that train the
+backdoored model themselves (`trains_model`, attacks/trained.py) hand the runner their classifier.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Attack:
     clean_label = False  # clean-label attacks never change a label
     rate_of = "dataset"  # poison_rate is a fraction of the "dataset" or of the "eligible" samples
     needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
+    trains_model = False  # trains the backdoored model itself (IAD, LIRA): see attacks/trained.py
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(

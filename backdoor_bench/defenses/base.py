@@ -95,8 +95,8 @@ class DefenseContext:
 
     # -- models ---------------------------------------------------------------------------------
     def backdoored_model(self) -> torch.nn.Module:
-        """The model of standard training on `train` (cached; what no defense gives). Copy it
-        before changing it."""
+        """The model of standard training on `train` (cached; what no defense gives), or the
+        model an attack that controls training delivered (IAD, LIRA). Copy it before changing it."""
         return self._runner.backdoored_model(self.train)
 
     def new_model(self, seed: int | None = None, **model) -> torch.nn.Module:
@@ -119,8 +119,10 @@ class DefenseContext:
         A verdict that changes nothing gets the (cached) model trained on the whole set: the same
         recipe on the same data."""
         if verdict.kept.all() and (verdict.labels is None or torch.equal(verdict.labels, self.train.y.cpu())):
-            log.info("the verdict keeps every sample as it is: the backdoored model is the retrained one")
-            return self.backdoored_model()
+            log.info(
+                "the verdict keeps every sample as it is: the model of standard training on it is the retrained one"
+            )
+            return self._runner.standard_model(self.train)
         data = verdict.cleansed(self.train)
         log.info("retraining on the cleansed set: %d of %d samples kept", len(data), len(self.train))
         return self.train_model(data, "retrain")
