@@ -72,8 +72,9 @@ def test_every_attack_runs_end_to_end(attack_runs, attack):
         assert 1 <= r["data"]["n_poisoned"] <= round(a["poison_rate"] * 256)
     else:
         assert r["data"]["n_poisoned"] == round(a["poison_rate"] * 256)
-    if base in ("wanet", "adap_blend", "adap_patch"):
+    if base in ("wanet", "adap_blend", "adap_patch", "iad"):
         assert r["data"]["n_cover"] > 0
+    assert r["data"]["train_time_poisoning"] is (base in ("iad", "lira"))  # they train the model themselves
     assert r["config"]["attack"]["name"] == base and r["detection"] is None
     named = [k for k, v in a.items() if str(v).startswith("asset:")]  # a paper's file, not fetched here
     assert sorted(r["assets"] or {}) == named and all("procedural stand-in" in w for w in r["warnings"][: len(named)])
