@@ -45,6 +45,9 @@ ARTIFACTS: dict[str, tuple[str, ...]] = {
     "defense_artifact": ("data", "artifact", "spec", "ssl", "model", "training", "augment", "caps", "seed"),
     # an attack's cached artifact (an optimised trigger, an encoder)
     "attack_artifact": ("data", "artifact", "spec", "surrogate", "seed"),
+    # the classifier an attack trained itself with its trigger generator (IAD, LIRA), the
+    # generator's state beside it; `attack`: its config with its capped stage lengths
+    "attack_model": ("data", "attack", "model", "training", "augment", "seed"),
 }
 
 

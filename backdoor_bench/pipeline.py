@@ -45,11 +45,15 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, i
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     with runner.timed("data"):
         train, test = runner.load_data()
+    backdoored = None
+    if attack.trains_model:
+        with runner.timed("attack_training"):
+            backdoored = attack_model(runner, attack, train)
     with runner.timed("poison"):
         poisoned = poison(runner, attack, train)
     if attack.trains_batches:  # the backdoored model's training, never a defense's
         runner.control_training(attack.train_batch, attack.poison_spec(plain_attack_cfg(cfg)))
-    ctx = defense_context(runner, defense, poisoned, train, out_dir)
+    ctx = defense_context(runner, defense, poisoned, train, out_dir, backdoored)
     with runner.timed("defense"):
         outcome = defense.run(ctx)
     with runner.timed("evaluate"):
@@ -75,9 +79,12 @@ def _run(cfg, out_dir: Path, attack: Attack, defense: Defense, runner: Runner, i
             "n_poisoned": int(poisoned.poisoned.sum()),
             "n_cover": int(poisoned.cover.sum()),
             # a training-controlled attack poisons (also) inside each training batch of the backdoored
-            # model: the poison mask covers only the stored set; `per_batch`: its counts per full batch
-            "train_time_poisoning": attack.trains_batches,
+            # model (`per_batch`: its counts per full batch), or trains the model itself with its own
+            # batches (`stored_set`: what the stored set the defenses saw holds); the poison mask and
+            # n_poisoned cover only the stored set
+            "train_time_poisoning": bool(attack.trains_batches or attack.trains_model),
             "per_batch": attack.batch_counts(int(cfg.trainer.batch_size)) if attack.trains_batches else None,
+            "stored_set": getattr(attack, "stored_set", None) or None,
         },
         "cache": runner.cache.events,
         "resumed": runner.resumed,
@@ -103,10 +110,22 @@ def stand_in_warnings(attack: Attack) -> list[str]:
     return lines
 
 
+def bind_tools(runner: Runner, attack: Attack, train: ImageSet) -> None:
+    """An attack that trains something gets its tools (once)."""
+    if attack.needs_tools and attack.tools is None:
+        attack.bind(runner.attack_tools(train, runner.cfg.attack.get("surrogate_epochs")))
+
+
+def attack_model(runner: Runner, attack: Attack, train: ImageSet) -> torch.nn.Module:
+    """The classifier an attack that controls training (IAD, LIRA) trains on the clean `train`
+    with its trigger generator (cached; the attack keeps the generator for its triggers)."""
+    bind_tools(runner, attack, train)
+    return runner.attack_model(attack, train)
+
+
 def poison(runner: Runner, attack: Attack, train: ImageSet) -> PoisonedSet:
     """The attack's poisoned training set, cached; an attack that trains gets its tools first."""
-    if attack.needs_tools:
-        attack.bind(runner.attack_tools(train, runner.cfg.attack.get("surrogate_epochs")))
+    bind_tools(runner, attack, train)
     payload = runner.cached(
         "poisoned_set",
         partial(_poison_payload, attack, train, runner.seed),
@@ -127,14 +146,20 @@ def _poison_payload(attack: Attack, train: ImageSet, seed: int) -> dict:
     return attack.poison(train, seed).to_payload()
 
 
-def defense_context(runner: Runner, defense: Defense, poisoned: PoisonedSet, clean_train: ImageSet, out_dir):
+def defense_context(
+    runner: Runner, defense: Defense, poisoned: PoisonedSet, clean_train: ImageSet, out_dir, backdoored=None
+):
     """The defense's view: the poisoned set (no ground truth), the trusted clean subset when the
-    defense needs one, and the runner's mechanics over a config without the attack."""
+    defense needs one, and the runner's mechanics over a config without the attack; `backdoored`:
+    the model an attack that controls training delivered (else standard training makes it)."""
     clean = None
     if defense.needs_clean:
         untouched = ~(poisoned.poisoned | poisoned.cover)
         clean = trusted_clean_subset(clean_train, untouched, defense.clean_fraction, runner.seed)
-    return DefenseContext(runner.without("attack"), poisoned.train, clean, out_dir)
+    mechanics = runner.without("attack")
+    if backdoored is not None:
+        mechanics = mechanics.with_backdoored(backdoored)
+    return DefenseContext(mechanics, poisoned.train, clean, out_dir)
 
 
 def evaluate(runner: Runner, attack: Attack, outcome: Outcome, poisoned: PoisonedSet, test: ImageSet, triggered):

@@ -13,6 +13,7 @@ takes the rest (the data, a stage name, ...) from the caller.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -116,6 +117,7 @@ class Runner:
         self.resumed: list[dict] = []  # the trainings and stage states this run resumed, for results.json
         # a training-controlled attack and its config (`control_training`): private, as the cache
         self._batch_attack: tuple[Callable, dict] | None = None
+        self._backdoored: torch.nn.Module | None = None  # an attack's own model (`with_backdoored`)
 
     def without(self, *groups: str) -> Runner:
         """This runner (same cache, logger and timings) over the config less `groups`: what a
@@ -303,14 +305,46 @@ class Runner:
         self._batch_attack = (train_batch, spec)
 
     def backdoored_model(self, data: ImageSet) -> torch.nn.Module:
-        """The model of standard training on the (poisoned) `data`, or of the training-controlled
-        attack's training on it: what no defense gives."""
+        """What no defense gives: the model of standard training on the (poisoned) `data`, of a
+        training-controlled attack's training on it, or the model an attack trained itself
+        (`with_backdoored`; a copy per call)."""
+        if self._backdoored is not None:
+            return copy.deepcopy(self._backdoored)
         return self.train_model(data, "backdoored", role="backdoored", batch_attack=self._batch_attack)
 
     def standard_model(self, data: ImageSet) -> torch.nn.Module:
         """The model of standard training on `data` (cached): the backdoored model, unless the
         attack controls training, whose model a defender's own training does not reproduce."""
         return self.train_model(data, "backdoored", role="backdoored")
+
+    def with_backdoored(self, model: torch.nn.Module) -> Runner:
+        """This runner (same cache, logger and timings) with `model` as its backdoored model: the
+        classifier of an attack that trains it itself (IAD, LIRA)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other._backdoored = model
+        return other
+
+    def attack_model(self, attack, clean: ImageSet) -> torch.nn.Module:
+        """The classifier an attack that controls training (`attack.trains_model`, its tools bound)
+        trains on the clean set with its trigger generator (attacks/trained.py): cached as an
+        `attack_model` entry keyed by the data, the attack's config with its capped stage lengths,
+        the model, the training recipe, the augmentation and the seed, with the generator's state
+        dict beside the classifier's; the generator goes to the attack (`use_generator`)."""
+        tools = attack.require_tools()
+        extras: dict = {"generator": None}
+
+        def build(checkpoint: Path | None = None) -> torch.nn.Module:
+            model = self.new_model(clean)
+            extras["generator"] = attack.train_model(tools, clean, model).cpu().state_dict()
+            return model.cpu()
+
+        spec = self.spec("attack_model", data=clean, attack=attack.poison_spec(plain(self.cfg.attack)))
+        model = self.cached_model("attack_model", spec, build, lambda: self.new_model(clean), extras)
+        generator = attack.new_generator(clean)
+        generator.load_state_dict(extras["generator"])
+        attack.use_generator(generator)
+        return model
 
     def ssl_backbone(self, data: ImageSet) -> torch.nn.Module:
         """A fresh `cfg.model` whose backbone SimCLR trained on the unlabeled `data` (`cfg.ssl`),

@@ -9,7 +9,7 @@ delta, LC without the adversarial noise, Adap-* full triggers) get a second row,
     python scripts/gallery.py --attacks trojan,ssba trainer=tiny        # overrides anywhere
 
 Positional arguments are Hydra overrides, as for run.py. Attacks that train something (trojan,
-lc, ssba) build their artifact, or reuse it from the cache when a run with the same overrides
+lc, ssba; iad and lira train the model with their trigger generator) build their artifact, or reuse it from the cache when a run with the same overrides
 (dataset, model, trainer, seed) built it: pass the same overrides as those runs.
 """
 
@@ -74,6 +74,8 @@ def gallery(names: list[str], overrides: list[str], n: int) -> list:
         attack.num_classes = train.num_classes
         if attack.needs_tools:
             attack.bind(Runner(cfg).attack_tools(train, cfg.attack.get("surrogate_epochs")))
+        if attack.trains_model:  # IAD, LIRA: the generator trained with the model (or cached)
+            Runner(cfg).attack_model(attack, train)
         rows += gallery_rows(attack, train, test, n, int(cfg.seed))
     return rows
 

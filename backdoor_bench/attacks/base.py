@@ -8,7 +8,8 @@ ground truth that only the evaluator sees. Attacks that train something (a surro
 encoder) get `AttackTools` through `bind` and cache what they build. Attacks that control the
 training of the backdoored model (`trains_batches`: WaNet's train mode, Blind) transform each of
 its training batches on the device (`train_batch`), as well as or instead of poisoning the stored
-set.
+set. Attacks that train the
+backdoored model themselves (`trains_model`, attacks/trained.py) hand the runner their classifier.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Attack:
     rate_of = "dataset"  # poison_rate is a fraction of the "dataset" or of the "eligible" samples
     needs_tools = False  # trains something: the pipeline calls `bind(tools)` before use
     trains_batches = False  # transforms the backdoored model's training batches (`train_batch`)
+    trains_model = False  # trains the backdoored model itself (IAD, LIRA): see attacks/trained.py
     test_only: tuple[str, ...] = ("name",)  # config keys that do not change the poisoned training set
 
     def __init__(

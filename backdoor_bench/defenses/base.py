@@ -95,8 +95,8 @@ class DefenseContext:
 
     # -- models ---------------------------------------------------------------------------------
     def backdoored_model(self) -> torch.nn.Module:
-        """The model of standard training on `train` (cached; what no defense gives). Copy it
-        before changing it."""
+        """The model of standard training on `train` (cached; what no defense gives), or the
+        model an attack that controls training delivered (IAD, LIRA). Copy it before changing it."""
         return self._runner.backdoored_model(self.train)
 
     def new_model(self, seed: int | None = None, **model) -> torch.nn.Module:

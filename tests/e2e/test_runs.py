@@ -67,20 +67,24 @@ def test_every_attack_runs_end_to_end(attack_runs, attack):
     a = r["config"]["attack"]
     base = attack.split("/")[-1]  # presets (dbd/badnets) run their attack with a paper's settings
     per_batch = r["data"]["per_batch"]
-    if r["data"]["train_time_poisoning"]:  # poisons inside each training batch: none stored, counts per batch
-        assert r["data"]["n_poisoned"] == 0 and r["data"]["n_cover"] == 0
+    if per_batch is not None:  # poisons inside each training batch: none stored, counts per batch
+        assert r["data"]["train_time_poisoning"] and r["data"]["n_poisoned"] == 0 and r["data"]["n_cover"] == 0
         assert per_batch == {
             "blind": {"batch_size": 64, "poisoned": 64, "cover": 0, "backdoored_copy": True},
             "bpp": {"batch_size": 64, "poisoned": 6, "cover": 6},  # int(0.1 x 64) each
         }.get(base, {"batch_size": 64, "poisoned": 6, "cover": 12})  # WaNet: int(0.1 x 64), int(6 x 2)
+    elif base == "lira":  # trains the model itself and stores the clean set, as BackdoorBench does
+        assert r["data"]["n_poisoned"] == 0 and r["data"]["stored_set"]
     elif attack == "none":
-        assert r["data"]["n_poisoned"] == 0 and per_batch is None
+        assert r["data"]["n_poisoned"] == 0
     elif base.startswith(("sig", "lc", "dirty_label", "ctrl")):  # the rate is a share of the target (source) class
         assert 1 <= r["data"]["n_poisoned"] <= round(a["poison_rate"] * 256)
     else:
         assert r["data"]["n_poisoned"] == round(a["poison_rate"] * 256)
-    if base in ("wanet", "adap_blend", "adap_patch") and not r["data"]["train_time_poisoning"]:
+    if base in ("wanet", "adap_blend", "adap_patch", "iad") and per_batch is None:
         assert r["data"]["n_cover"] > 0
+    if per_batch is None:
+        assert r["data"]["train_time_poisoning"] is (base in ("iad", "lira"))  # they train the model themselves
     assert r["config"]["attack"]["name"] == base and r["detection"] is None
     named = [k for k, v in a.items() if str(v).startswith("asset:")]  # a paper's file, not fetched here
     assert sorted(r["assets"] or {}) == named and all("procedural stand-in" in w for w in r["warnings"][: len(named)])
