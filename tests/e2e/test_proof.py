@@ -30,6 +30,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "dbd"): {"acc_drop": 3},
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
+    # clean digits: ACC 99.2 (none 99.2); the class gate opens no class (min_outflow 0.3)
+    ("none", "ssl_knn"): {"acc_drop": 2},
     # ACC 98.9, ASR 0.3, precision 97.8%
     ("badnets", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
     # ACC 98.9, ASR 0.3, precision 60.3% (the paper's split drops the middle 70% of a flagged class)
