@@ -4,6 +4,8 @@ method the shape it reached when measured (README, "Proof on digits"), with a ma
 The sweep takes a while on 2 cores; set PROOF_SWEEP_DIR to check a sweep you already ran:
     python run.py -m experiment=proof/digits hydra.sweep.dir=outputs/multirun/proof
     PROOF_SWEEP_DIR=outputs/multirun/proof pytest -m slow tests/e2e/test_proof.py
+A sweep run in parts (one attack at a time, say) is checked by listing its directories separated
+by the path separator (`:` on Linux); where two hold the same (attack, defense), the later wins.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-# (attack, defense label) -> bounds: ACC at least `acc_drop` points below no defense's on the same
+# (attack, defense name: `dbd/cpu` is `dbd`) -> bounds: ACC at least `acc_drop` points below no defense's on the same
 # attack; ASR at most `asr`; flagged-set precision at least `precision`. Measured values are in
 # the README; the bars leave a margin for seeds and thread scheduling.
 BARS: dict[tuple[str, str], dict] = {
@@ -36,15 +38,24 @@ BARS: dict[tuple[str, str], dict] = {
     ("badnets", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
     # ACC 98.9, ASR 0.3, precision 60.3% (the paper's split drops the middle 70% of a flagged class)
     ("badnets", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
+    # Blended (none 98.6): DBD 96.1 / 0.0; flow_relabel 98.1 / 0.0, precision 61.5%
+    ("blended", "dbd"): {"acc_drop": 4, "asr": 5},
+    ("blended", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
+    # clean digits (none 99.2): flow_relabel 99.2, ITLM 98.6, Spectral 97.8 (each within the 2 points)
+    ("none", "flow_relabel"): {"acc_drop": 2},
+    ("none", "itlm"): {"acc_drop": 2},
+    ("none", "spectral"): {"acc_drop": 2},
+    # the ISPL paper's one-to-one scenario (none 99.2, TMR 100): AC 97.5 / TMR 0.0;
+    # ISPL 98.6 / TMR 0.0, precision 77.8%
+    ("dirty_label", "ac"): {"acc_drop": 3, "asr": 5},
+    ("dirty_label", "ispl"): {"acc_drop": 2, "asr": 5, "precision": 50},
 }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    given = os.environ.get("PROOF_SWEEP_DIR")
-    if given:
-        sweep = Path(given)
-    else:
+    given = [Path(p) for p in os.environ.get("PROOF_SWEEP_DIR", "").split(os.pathsep) if p]
+    if not given:
         sweep = tmp_path_factory.mktemp("proof") / "multirun"
         subprocess.run(
             [
@@ -61,9 +72,15 @@ def runs(tmp_path_factory):
             timeout=4 * 3600,
             env={**os.environ, "WANDB_SILENT": "true"},
         )
-    df, errors = load_runs([sweep])
-    assert errors.empty, errors.to_dict("records")
-    return df.set_index(["attack", "defense"])
+        given = [sweep]
+    df, errors = load_runs(given)
+    if not os.environ.get("PROOF_SWEEP_DIR"):  # a sweep checked in parts may hold stopped reruns
+        assert errors.empty, errors.to_dict("records")
+    roots = [d.resolve() for d in given]
+    df["order"] = [next(i for i, d in enumerate(roots) if Path(r).resolve().is_relative_to(d)) for r in df["run"]]
+    # keyed by the defense's name, not its option: `dbd/cpu` is DBD
+    df = df.sort_values("order", kind="stable").drop_duplicates(["attack", "defense_name"], keep="last")
+    return df.set_index(["attack", "defense_name"])
 
 
 @pytest.mark.parametrize("key", sorted(BARS), ids=lambda k: f"{k[0]}-{k[1]}")
