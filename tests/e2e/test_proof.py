@@ -41,6 +41,8 @@ BARS: dict[tuple[str, str], dict] = {
     # Blended (none 98.6): DBD 96.1 / 0.0; flow_relabel 98.1 / 0.0, precision 61.5%
     ("blended", "dbd"): {"acc_drop": 4, "asr": 5},
     ("blended", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
+    # Blended ssl_knn under the min_outflow floor: 98.9 / 0.3, precision 94.4%, only class 0 opened
+    ("blended", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
     # clean digits (none 99.2): flow_relabel 99.2, ITLM 98.6, Spectral 97.8 (each within the 2 points)
     ("none", "flow_relabel"): {"acc_drop": 2},
     ("none", "itlm"): {"acc_drop": 2},
