@@ -32,6 +32,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "dbd"): {"acc_drop": 3},
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
+    # clean digits: D-ST 96.4 with the preset's 3,200-step encoder (65.7 at 800 steps)
+    ("none", "dst"): {"acc_drop": 4},
     # clean digits: ACC 99.2 (none 99.2); the class gate opens no class (min_outflow 0.3)
     ("none", "ssl_knn"): {"acc_drop": 2},
     # ACC 98.9, ASR 0.3, precision 97.8%
