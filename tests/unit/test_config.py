@@ -70,3 +70,13 @@ def test_trainer_scales_differ(compose):
     assert tiny.max_epochs < gpu.max_epochs and tiny.train_subset and gpu.train_subset is None
     assert gpu.precision == "bf16-mixed" and gpu.channels_last
     assert OmegaConf.select(compose(), "logger.offline") is True
+
+
+def test_dst_and_dbr_digits_presets_share_one_sd_split(compose):
+    """One SD block for both (the split is cached by it), without the rotation on digits; the paper's
+    tau everywhere else."""
+    dst, dbr = (OmegaConf.to_container(compose(f"defense={d}/digits").defense.sd) for d in ("dst", "dbr"))
+    assert dst == dbr
+    assert dst["transform"] == {"degrees": 0.0, "translate": 0.2} and dst["draws"] == 8 and dst["epochs"] == 2
+    assert compose("defense=dst/cpu").defense.sd.transform.degrees == 180.0
+    assert compose("defense=dbr/digits").defense.rounds == 100
