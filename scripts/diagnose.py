@@ -5,6 +5,12 @@ never lets the ground truth reach a defense; this script does, and says so in ev
     python scripts/diagnose.py defense=dbd/cpu attack=badnets --oracle split
     python scripts/diagnose.py defense=dst/cpu attack=badnets --oracle split
     python scripts/diagnose.py defense=dbd/cpu attack=badnets --oracle none   # the defense as run.py runs it
+    python scripts/diagnose.py defense=dbr/digits attack=badnets --sd-ranking   # FCT's ranking per tau
+
+`--sd-ranking` (D-ST, D-BR) trains the SD module's sensitivity model as configured and scores the
+training set with FCT under several tau (rotation range x draws; the configured translation),
+printing each ranking's AUROC against the true poison mask and the poisoned share of its top
+`poison_ratio` (the split D-BR unlearns). Nothing is trained after it.
 
 `--oracle split` replaces the defense's sample split by the truth: DBD's labeled set = the samples
 the attack left alone; the SD module's (D-ST, D-BR) clean split = a random `clean_ratio` share of
@@ -55,6 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--oracle", choices=["none", "split"], default="split")
     ap.add_argument("--out", default=None, help="append the result as one JSON line to this file")
+    ap.add_argument("--sd-ranking", action="store_true", help="score FCT's ranking per tau against the truth")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
@@ -79,6 +86,8 @@ def main() -> None:
     ctx = pipeline.defense_context(runner, defense, ps, train, out_dir)
     timings = runner.timings
 
+    if args.sd_ranking:
+        return sd_ranking(ctx, defense, truth, args.out)
     patches = []
     if args.oracle == "split":
         if hasattr(defense, "sd"):  # D-ST, D-BR: the SD module's split
@@ -127,6 +136,48 @@ def main() -> None:
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+
+
+def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None) -> None:
+    """FCT's ranking of the training set under several tau, scored against the truth."""
+    from sklearn.metrics import roc_auc_score
+
+    if not hasattr(defense, "sd"):
+        raise SystemExit(f"--sd-ranking needs a defense with an SD module (dst, dbr), not {defense.name}")
+    sd = sensitivity.plain(defense.sd)
+    model = sensitivity.sensitivity_model(ctx, sd)
+    k = int(float(sd["poison_ratio"]) * len(truth))
+    translate = float(sd["transform"]["translate"])
+    for degrees in (180.0, 15.0, 0.0):
+        for draws in (1, 8):
+            s = (
+                sensitivity.fct(
+                    model,
+                    ctx.train.x,
+                    seed=ctx.seed,
+                    draws=draws,
+                    device=ctx.device,
+                    degrees=degrees,
+                    translate=translate,
+                )
+                .float()
+                .cpu()
+            )
+            top = s.argsort(descending=True)[:k]
+            row = {
+                "degrees": degrees,
+                "translate": translate,
+                "draws": draws,
+                "auroc": float(roc_auc_score(truth.numpy(), s.numpy())) if truth.any() else None,
+                "top_precision": float(truth[top].float().mean()),
+            }
+            print(
+                f"SD RANKING vs THE TRUTH: degrees {degrees:g} translate {translate:g} draws {draws}: "
+                f"AUROC {row['auroc'] or float('nan'):.3f}, top {k} {100 * row['top_precision']:.1f}% poisoned"
+            )
+            if out:
+                with open(out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -156,3 +156,14 @@ def test_table_slice_runs_at_tiny_scale_and_reports(run_cli, table, attacks, def
     assert rep.returncode == 0, rep.stderr
     assert "paper" in rep.stdout
     assert {"dst/table1": "92.77", "dbr/table2": "92.83", "dst/table3": "93.59"}[table] in rep.stdout
+
+
+@pytest.mark.slow
+def test_diagnose_sd_ranking_scores_every_tau(tmp_path):
+    """scripts/diagnose.py --sd-ranking: FCT's ranking under each tau, against the truth, outside run.py."""
+    out = tmp_path / "ranking.jsonl"
+    cmd = [sys.executable, "scripts/diagnose.py", "--sd-ranking", "--out", str(out)]
+    subprocess.run([*cmd, "defense=dbr/digits", "attack=badnets", "trainer=tiny"], cwd=ROOT, check=True, timeout=600)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["degrees"], r["draws"]) for r in rows] == [(180, 1), (180, 8), (15, 1), (15, 8), (0, 1), (0, 8)]
+    assert all(0 <= r["auroc"] <= 1 and 0 <= r["top_precision"] <= 1 for r in rows)
