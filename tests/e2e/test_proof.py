@@ -33,8 +33,12 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "dbd"): {"acc_drop": 3},
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
-    # clean digits: D-ST 96.4 with the preset's 3,200-step encoder (65.7 at 800 steps)
-    ("none", "dst"): {"acc_drop": 4},
+    # D-ST and D-BR with the digits SD preset (dst/digits, dbr/digits; none 98.6): BadNets D-ST 92.8 / 0.0,
+    # D-BR 98.6 / 1.6, the poisoned split 100% poisoned; Blended D-ST 96.7 / 0.0, D-BR 94.7 / 0.0, 85.9%
+    ("badnets", "dst"): {"acc_drop": 8, "asr": 5, "precision": 90},
+    ("badnets", "dbr"): {"acc_drop": 2, "asr": 5, "precision": 90},
+    ("blended", "dst"): {"acc_drop": 4, "asr": 5, "precision": 75},
+    ("blended", "dbr"): {"acc_drop": 6, "asr": 5, "precision": 75},
     # clean digits: ACC 99.2 (none 99.2); the class gate opens no class (min_outflow 0.3)
     ("none", "ssl_knn"): {"acc_drop": 2},
     # ACC 98.9, ASR 0.3, precision 97.8%
