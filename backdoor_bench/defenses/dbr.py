@@ -36,7 +36,8 @@ MODES = ("unlearn_relearn", "unlearn", "relearn")
 
 class DBR(Defense):
     """Args: `sd` (the SD module's config, shared with D-ST), `mode` (unlearn_relearn, unlearn,
-    relearn), `rounds` (20), `batch_size` (128), `optimizer` (SGD 1e-4, constant)."""
+    relearn), `rounds` (20), `min_unlearn_steps` (0: more rounds until the unlearning took at least
+    this many steps; see `training.fit.stage_length`), `batch_size` (128), `optimizer` (SGD 1e-4, constant)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class DBR(Defense):
         sd: dict | None = None,
         mode: str = "unlearn_relearn",
         rounds: int = 20,
+        min_unlearn_steps: int = 0,
         batch_size: int = 128,
         optimizer: dict | None = None,
         **kw,
@@ -54,6 +56,7 @@ class DBR(Defense):
         if int(rounds) < 1 or int(batch_size) < 1:
             raise ConfigError("defense.rounds and defense.batch_size must be >= 1")
         self.sd, self.mode, self.rounds, self.batch_size = plain(sd), mode, int(rounds), int(batch_size)
+        self.min_unlearn_steps = int(min_unlearn_steps or 0)
         self.optimizer = plain(
             optimizer or {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
         )
@@ -62,7 +65,9 @@ class DBR(Defense):
     def run(self, ctx: DefenseContext) -> Outcome:
         scores, groups = sample_split(ctx, self.sd)
         model = copy.deepcopy(ctx.backdoored_model())
-        rounds = ctx.stage_length(self.rounds)
+        # a round holds one epoch over the poisoned split: at least `min_unlearn_steps` unlearning steps
+        n_unlearn = int((groups == POISONED).sum()) if self.mode != "relearn" else 0
+        rounds = ctx.stage_epochs(self.rounds, max(n_unlearn, 1), self.batch_size, self.min_unlearn_steps)
         steps = {
             "unlearn_relearn": ((POISONED, -1.0), (CLEAN, 1.0)),
             "unlearn": ((POISONED, -1.0),),

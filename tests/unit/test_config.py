@@ -79,4 +79,5 @@ def test_dst_and_dbr_digits_presets_share_one_sd_split(compose):
     assert dst == dbr
     assert dst["transform"] == {"degrees": 0.0, "translate": 0.2} and dst["draws"] == 8 and dst["epochs"] == 2
     assert compose("defense=dst/cpu").defense.sd.transform.degrees == 180.0
-    assert compose("defense=dbr/digits").defense.rounds == 100
+    dbr_digits = compose("defense=dbr/digits").defense
+    assert dbr_digits.rounds == 20 and dbr_digits.min_unlearn_steps == 100
