@@ -175,11 +175,15 @@ class Runner:
         return random_subset(train, t.train_subset, self.seed), random_subset(test, t.test_subset, self.seed)
 
     # -- training ---------------------------------------------------------------------------------
-    def new_model(self, data: ImageSet, seed: int | None = None, **model) -> torch.nn.Module:
+    def new_model(
+        self, data: ImageSet, seed: int | None = None, architecture: dict | None = None, **model
+    ) -> torch.nn.Module:
         """A fresh, untrained `cfg.model` for `data`, initialised from `seed` (default: the run's);
-        `model` overrides keys of `cfg.model` (e.g. `norm="group"`)."""
+        `architecture` (a model config with its `_target_`) replaces `cfg.model`; `model` overrides
+        keys of the result (e.g. `norm="group"`)."""
         torch.manual_seed(self.seed if seed is None else seed)
-        cfg = OmegaConf.merge(self.cfg.model, model) if model else self.cfg.model
+        cfg = OmegaConf.create(dict(architecture)) if architecture else self.cfg.model
+        cfg = OmegaConf.merge(cfg, model) if model else cfg
         return build_model(cfg, data.num_classes, data.shape[0], data.mean, data.std)
 
     def stage_length(self, n: int, kind: str = "epochs", *, min_steps: int = 0, steps_per_epoch: int = 1) -> int:

@@ -147,7 +147,8 @@ def validate(cfg) -> tuple[Attack, Defense]:
     attack = instantiate_checked("attack", attack_cfg, num_classes=int(d.num_classes))
     attack.assets = used_assets
     attack.check(int(d.num_classes), (int(d.channels), int(d.image_size), int(d.image_size)))
-    defense = instantiate_checked("defense", cfg.defense)
+    # not recursive: a defense's nested model configs (D-ST / D-BR's `sd.model`) stay configs
+    defense = instantiate_checked("defense", cfg.defense, _recursive_=False)
     if defense.needs_clean and not defense.clean_fraction > 0:
         raise ConfigError(
             f"defense={defense.name} needs trusted clean data: set defense.clean_fraction > 0 (for example 0.05)"

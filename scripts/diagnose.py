@@ -87,7 +87,7 @@ def main() -> None:
     timings = runner.timings
 
     if args.sd_ranking:
-        return sd_ranking(ctx, defense, truth, args.out)
+        return sd_ranking(ctx, defense, truth, args.out, test, attack)
     patches = []
     if args.oracle == "split":
         if hasattr(defense, "sd"):  # D-ST, D-BR: the SD module's split
@@ -138,14 +138,32 @@ def main() -> None:
             f.write(json.dumps(row, default=str) + "\n")
 
 
-def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None) -> None:
-    """FCT's ranking of the training set under several tau, scored against the truth."""
+def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None, test, attack) -> None:
+    """FCT's ranking of the training set under several tau, scored against the truth, after the
+    sensitivity model's own test ACC and ASR (has it learned the trigger?)."""
     from sklearn.metrics import roc_auc_score
 
     if not hasattr(defense, "sd"):
         raise SystemExit(f"--sd-ranking needs a defense with an SD module (dst, dbr), not {defense.name}")
     sd = sensitivity.plain(defense.sd)
+    t0 = time.perf_counter()
     model = sensitivity.sensitivity_model(ctx, sd)
+    kw = {"batch_size": 512, "device": ctx.device}
+    m = attack_metrics(
+        predict(model, test.x, **kw),
+        predict(model, attack.apply(test.x), **kw),
+        test.y,
+        attack.target_label(test.y),
+        attack.asr_mask(test.y),
+    )
+    arch = (sd.get("model") or {}).get("_target_", "the run's model")
+    print(
+        f"SD MODEL ({arch}, {time.perf_counter() - t0:.0f}s): test ACC {100 * m['acc']:.1f} "
+        f"ASR {100 * (m['asr'] or 0):.1f}"
+    )
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps({"sd_model": arch, "acc": m["acc"], "asr": m["asr"]}) + "\n")
     k = int(float(sd["poison_ratio"]) * len(truth))
     translate = float(sd["transform"]["translate"])
     for degrees in (180.0, 15.0, 0.0):

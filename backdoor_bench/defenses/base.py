@@ -99,10 +99,11 @@ class DefenseContext:
         model an attack that controls training delivered (IAD, LIRA). Copy it before changing it."""
         return self._runner.backdoored_model(self.train)
 
-    def new_model(self, seed: int | None = None, **model) -> torch.nn.Module:
+    def new_model(self, seed: int | None = None, architecture: dict | None = None, **model) -> torch.nn.Module:
         """A fresh, untrained model of the run's architecture, initialised from `seed` (default:
-        the run's seed); `model` overrides keys of `cfg.model` (DP-SGD: `norm="group"`)."""
-        return self._runner.new_model(self.train, seed, **model)
+        the run's seed); `architecture` (a model config with its `_target_`) replaces the run's
+        (D-ST / D-BR's sensitivity model); `model` overrides keys (DP-SGD: `norm="group"`)."""
+        return self._runner.new_model(self.train, seed, architecture, **model)
 
     def train_model(self, data: ImageSet, name: str, epochs: int | None = None) -> torch.nn.Module:
         """A fresh model trained on `data` with the run's standard recipe (not cached)."""

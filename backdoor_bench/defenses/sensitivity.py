@@ -2,8 +2,9 @@
 Exploiting Sensitivity of Poisoned Samples", NeurIPS 2022, Sec. 3.2 and App. A.1),
 shared by D-ST and D-BR.
 
-1. The sensitivity model: a fresh model trained briefly WITHOUT augmentation (2 epochs, SGD 0.01
-   on a 100-epoch cosine), then fine-tuned 10 epochs with the class-centroid separation loss
+1. The sensitivity model (`model`: the official code's CIFAR ResNet-18, with the 3x3/2 max-pool
+   after its stem, by default; null: the run's model): a fresh model trained briefly WITHOUT
+   augmentation (2 epochs, SGD 0.01 on a 100-epoch cosine), then fine-tuned 10 epochs with the class-centroid separation loss
    (`losses.centroid_separation`, the code's "L_intra").
 2. FCT (Eq. 1): Delta(x) = ||phi(x) - phi(tau(x))||^2 / d on its penultimate features phi, with
    tau a random rotation (+-180 deg) then a random translation (up to 20% per axis), nearest
@@ -155,6 +156,12 @@ def split_counts(groups: torch.Tensor, y: torch.Tensor | None = None, num_classe
 
 
 def validate_sd(sd: dict) -> None:
+    arch = sd.get("model")
+    if arch is not None and (not isinstance(arch, dict) or "_target_" not in arch):
+        raise ConfigError(
+            f"defense.sd.model={arch!r} must be null (the run's model) or a model config with its _target_ "
+            "(e.g. {_target_: backdoor_bench.models.resnet.ResNet18, stem_pool: true})"
+        )
     if sd["metric"] not in METRICS:
         raise ConfigError(f"defense.sd.metric={sd['metric']!r} is unknown: use one of {', '.join(METRICS)}")
     c, p = float(sd["clean_ratio"]), float(sd["poison_ratio"])
@@ -167,7 +174,7 @@ def validate_sd(sd: dict) -> None:
 
 def sensitivity_model(ctx: DefenseContext, sd: dict) -> torch.nn.Module:
     """Steps 1-2: brief training without augmentation, then the centroid-separation fine-tune."""
-    model = ctx.new_model()
+    model = ctx.new_model(architecture=sd.get("model"))  # None: the run's model
     optim, schedule = dict(sd["optimizer"]), int(sd["schedule_epochs"])
     bs = int(sd["batch_size"])
     epochs = ctx.stage_epochs(sd["epochs"], len(ctx.train), bs, int(sd.get("min_steps") or 0))

@@ -164,6 +164,7 @@ def test_diagnose_sd_ranking_scores_every_tau(tmp_path):
     out = tmp_path / "ranking.jsonl"
     cmd = [sys.executable, "scripts/diagnose.py", "--sd-ranking", "--out", str(out)]
     subprocess.run([*cmd, "defense=dbr/digits", "attack=badnets", "trainer=tiny"], cwd=ROOT, check=True, timeout=600)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    head, *rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert head["sd_model"] == "the run's model" and 0 <= head["acc"] <= 1 and 0 <= head["asr"] <= 1
     assert [(r["degrees"], r["draws"]) for r in rows] == [(180, 1), (180, 8), (15, 1), (15, 8), (0, 1), (0, 8)]
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["top_precision"] <= 1 for r in rows)

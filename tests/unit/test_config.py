@@ -61,8 +61,10 @@ def test_attacks_instantiate_and_trigger_uint8(compose, name, tmp_path):
 
 @pytest.mark.parametrize("name", group_members("defense"))
 def test_defenses_instantiate(compose, name):
-    d = instantiate(compose(f"defense={name}").defense)
+    d = instantiate(compose(f"defense={name}").defense, _recursive_=False)  # as validate.py builds it
     assert d.name == name.split("/")[0] and hasattr(d, "run")  # a preset keeps its defense's name
+    if hasattr(d, "sd"):  # D-ST / D-BR's sensitivity model stays a config: the official ResNet-18 or the run's
+        assert d.sd["model"] is None or d.sd["model"]["_target_"].endswith("ResNet18")
 
 
 def test_trainer_scales_differ(compose):
@@ -79,5 +81,9 @@ def test_dst_and_dbr_digits_presets_share_one_sd_split(compose):
     assert dst == dbr
     assert dst["transform"] == {"degrees": 0.0, "translate": 0.2} and dst["draws"] == 8 and dst["epochs"] == 2
     assert compose("defense=dst/cpu").defense.sd.transform.degrees == 180.0
+    # the sensitivity model: the official code's ResNet-18 with its stem max-pool in the paper's setting,
+    # the run's model in the CPU and digits presets
+    assert compose("defense=dbr").defense.sd.model.stem_pool is True
+    assert all(compose(f"defense={d}").defense.sd.model is None for d in ("dst/cpu", "dbr/cpu", "dst/digits"))
     dbr_digits = compose("defense=dbr/digits").defense
     assert dbr_digits.rounds == 20 and dbr_digits.min_unlearn_steps == 100

@@ -267,3 +267,22 @@ def test_split_counts_per_class_make_up():
         "clean_per_class": [1, 0, 2],
         "poisoned_per_class": [2, 0, 0],
     }
+
+
+def test_sensitivity_model_option_the_official_resnet18_with_its_stem_max_pool():
+    """sd.model: the official code's CIFAR ResNet-18 keeps a 3x3/2 max-pool after its 3x3 stem, so
+    its first stage sees half the resolution (16x16 on CIFAR); null keeps the run's model."""
+    from backdoor_bench.models.resnet import ResNet18
+
+    seen = {}
+    for pool in (False, True):
+        net = ResNet18(stem_pool=pool).net
+        hook = net.layer1.register_forward_hook(lambda m, i, o, p=pool: seen.__setitem__(p, tuple(o.shape)))
+        net(torch.zeros(1, 3, 32, 32))
+        hook.remove()
+    assert seen == {False: (1, 64, 32, 32), True: (1, 64, 16, 16)}
+    sd = {"metric": "fct", "clean_ratio": 0.2, "poison_ratio": 0.05}
+    DBR(sd={**sd, "model": None})
+    DBR(sd={**sd, "model": {"_target_": "backdoor_bench.models.resnet.ResNet18", "stem_pool": True}})
+    with pytest.raises(ConfigError, match=r"sd\.model"):
+        DBR(sd={**sd, "model": "resnet18"})
