@@ -9,7 +9,8 @@ shared by D-ST and D-BR.
 2. FCT (Eq. 1): Delta(x) = ||phi(x) - phi(tau(x))||^2 / d on its penultimate features phi, with
    tau a random rotation (+-180 deg) then a random translation (up to 20% per axis), nearest
    neighbour, black fill. Poisoned samples move far more than clean ones.
-3. The split by rank (the official code's reading of Sec. 3.2): the bottom `clean_ratio` share is the clean split D_c,
+3. The split by rank (the official code's reading of Sec. 3.2): the bottom `clean_ratio` share is the clean split D_c
+   (`clean_split: per_class`, our addition: the bottom share of every labeled class),
    the top `poison_ratio` share the poisoned split D_p, the rest uncertain D_u.
 
 `metric` swaps FCT for the metrics of Fig. 4 (higher = more suspicious for all of them):
@@ -101,18 +102,28 @@ def fct(
     return over_batches(model, x, step, batch_size, device)
 
 
-def rank_split(scores: torch.Tensor, clean_ratio: float, poison_ratio: float, seed: int = 0) -> torch.Tensor:
+def rank_split(
+    scores: torch.Tensor, clean_ratio: float, poison_ratio: float, seed: int = 0, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """int8 [N] groups by rank (as the official code ranks): the floor(N x `clean_ratio`)
     lowest scores CLEAN, the floor(N x `poison_ratio`) highest POISONED, the rest UNCERTAIN.
     Ties are broken at random (`seed`), not by index: samples whose features do not move at all
     (FCT exactly 0, e.g. all-zero features) would otherwise fill the clean split in dataset order,
-    i.e. with the first classes only."""
+    i.e. with the first classes only. With `labels` (sd.clean_split=per_class, OUR addition), the
+    clean split is the floor(n_c x `clean_ratio`) lowest of each labeled class c instead, so every
+    class keeps a share of it; the poisoned split stays the global top (and wins a tie of both)."""
     n = len(scores)
     n_c, n_p = math.floor(n * clean_ratio), math.floor(n * poison_ratio)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     order = perm[torch.sort(scores.float()[perm], stable=True).indices]
     groups = torch.full((n,), UNCERTAIN, dtype=torch.int8)
-    groups[order[:n_c]] = CLEAN
+    if labels is None:
+        groups[order[:n_c]] = CLEAN
+    else:
+        y = labels.cpu()[order]
+        for c in y.unique():
+            members = order[y == c]  # this class, lowest score first
+            groups[members[: math.floor(len(members) * clean_ratio)]] = CLEAN
     groups[order[n - n_p :]] = POISONED
     return groups
 
@@ -161,6 +172,10 @@ def validate_sd(sd: dict) -> None:
         raise ConfigError(
             f"defense.sd.model={arch!r} must be null (the run's model) or a model config with its _target_ "
             "(e.g. {_target_: backdoor_bench.models.resnet.ResNet18, stem_pool: true})"
+        )
+    if sd.get("clean_split", "global") not in ("global", "per_class"):
+        raise ConfigError(
+            f"defense.sd.clean_split={sd['clean_split']!r} is unknown: use global (the paper) or per_class"
         )
     if sd["metric"] not in METRICS:
         raise ConfigError(f"defense.sd.metric={sd['metric']!r} is unknown: use one of {', '.join(METRICS)}")
@@ -246,11 +261,16 @@ def sample_split(ctx: DefenseContext, sd: dict) -> tuple[torch.Tensor, torch.Ten
     """(scores [N], groups int8 [N]) of the SD module, cached by `sd`: D-ST, D-BR and their
     ablations on one poisoned set compute it once."""
     validate_sd(sd)
-    spec = {k: v for k, v in sd.items() if k not in ("clean_ratio", "poison_ratio")}  # the scores' config
+    spec = {
+        k: v for k, v in sd.items() if k not in ("clean_ratio", "poison_ratio", "clean_split")
+    }  # the scores' config
     spec["tau"] = "rotate_then_shift"  # torchvision's order: the rotation's lost corners stay black
     payload = ctx.cached("sd_scores", {"sd": spec, "seed": ctx.seed}, lambda: {"scores": _scores(ctx, sd)})
     scores = payload["scores"]
-    groups = rank_split(scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]), ctx.seed)
+    per_class = sd.get("clean_split", "global") == "per_class"
+    groups = rank_split(
+        scores, float(sd["clean_ratio"]), float(sd["poison_ratio"]), ctx.seed, ctx.train.y if per_class else None
+    )
     n_low = int((scores == scores.min()).sum())
     if n_low > 1 and n_low >= 0.01 * len(scores):
         log.warning(

@@ -103,6 +103,20 @@ def test_rank_split_sizes_and_order():
     assert (int((big == CLEAN).sum()), int((big == POISONED).sum())) == (10000, 2500)  # the paper's sizes
 
 
+def test_rank_split_per_class_takes_the_lowest_share_of_every_class():
+    scores = torch.tensor([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    g = rank_split(scores, clean_ratio=0.4, poison_ratio=0.1, labels=labels)
+    # class 0 (scores 5, 1, 9, 3, 7): its two lowest, indices 1 and 3; class 1 (2, 8, 4, 6, 0): 9 and 5
+    assert (g == CLEAN).nonzero().flatten().tolist() == [1, 3, 5, 9]
+    assert (g == POISONED).nonzero().flatten().tolist() == [2]  # still the global top
+    assert (rank_split(scores, 0.4, 0.1) == CLEAN).nonzero().flatten().tolist() == [1, 3, 5, 9]  # here the same
+    skewed = torch.tensor([0.0, 0.1, 0.2, 0.3, 9.0, 9.1, 9.2, 9.3, 5.0, 5.1])
+    lab = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])
+    assert (rank_split(skewed, 0.4, 0.0) == CLEAN).nonzero().flatten().tolist() == [0, 1, 2, 3]  # class 0 only
+    assert (rank_split(skewed, 0.4, 0.0, labels=lab) == CLEAN).nonzero().flatten().tolist() == [0, 1, 4, 9]
+
+
 def test_centroid_separation_exact():
     f = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     y = torch.tensor([0, 0, 1, 2])
@@ -238,6 +252,8 @@ def test_bad_options_say_what_to_change():
         DBR(sd={"metric": "fct", "clean_ratio": 0.9, "poison_ratio": 0.2})
     with pytest.raises(ConfigError, match="mode"):
         DBR(mode="forget", sd={"metric": "fct", "clean_ratio": 0.2, "poison_ratio": 0.05})
+    with pytest.raises(ConfigError, match="clean_split"):
+        DBR(sd={"metric": "fct", "clean_ratio": 0.2, "poison_ratio": 0.05, "clean_split": "balanced"})
 
 
 def test_score_histogram_takes_a_log_axis_for_scores_over_orders_of_magnitude(tmp_path, monkeypatch):
