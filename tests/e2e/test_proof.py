@@ -34,11 +34,12 @@ BARS: dict[tuple[str, str], dict] = {
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
     # D-ST and D-BR with the digits SD preset (dst/digits, dbr/digits; none 98.6): BadNets D-ST 92.8 / 0.0,
-    # D-BR 98.6 / 1.6, the poisoned split 100% poisoned; Blended D-ST 96.7 / 0.0, D-BR 94.7 / 0.0, 85.9%
+    # the poisoned split 100% poisoned; Blended D-ST 96.7 / 0.0, 85.9%. D-BR with its per-class clean
+    # split (2026-12-01): BadNets 98.6 / 3.7, split 98.6%; Blended 97.8 / 1.9, 87.3%
     ("badnets", "dst"): {"acc_drop": 8, "asr": 5, "precision": 90},
-    ("badnets", "dbr"): {"acc_drop": 2, "asr": 5, "precision": 90},
+    ("badnets", "dbr"): {"acc_drop": 2, "asr": 10, "precision": 90},
     ("blended", "dst"): {"acc_drop": 4, "asr": 5, "precision": 75},
-    ("blended", "dbr"): {"acc_drop": 6, "asr": 5, "precision": 75},
+    ("blended", "dbr"): {"acc_drop": 3, "asr": 5, "precision": 75},
     # clean digits: ACC 99.2 (none 99.2); the class gate opens no class (min_outflow 0.3)
     ("none", "ssl_knn"): {"acc_drop": 2},
     # ACC 98.9, ASR 0.3, precision 97.8%
