@@ -1,5 +1,6 @@
-"""The models' `norm` option: BatchNorm stays bit-identical to the models before the option existed;
-GroupNorm replaces every BatchNorm with min(norm_groups, C) groups; bad values name their key."""
+"""The models' `norm` option: BatchNorm keeps the models' parameters from before the option existed
+bit for bit (and their logits to float32 precision); GroupNorm replaces every BatchNorm with
+min(norm_groups, C) groups; bad values name their key."""
 
 import pytest
 import torch
@@ -35,7 +36,10 @@ def test_batch_norm_default_is_bit_identical_to_the_models_before_the_option(com
     out = model.train()(torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))).detach().double()
     got = (n, total, float(out.sum()), float(out.abs().sum()))
     assert got[0] == BEFORE[name][0]
-    assert got[1:] == pytest.approx(BEFORE[name][1:], rel=1e-9, abs=1e-12)
+    assert got[1] == pytest.approx(BEFORE[name][1], rel=1e-9, abs=1e-12)  # the same parameters, bit for bit
+    # the logits to float32 precision: a float32 convolution's summation order depends on the CPU's
+    # kernels (the same wheel gave 1e-7 apart on two machines), not on the model
+    assert got[2:] == pytest.approx(BEFORE[name][2:], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", group_members("model"))
