@@ -106,15 +106,7 @@ def main() -> None:
     finally:
         for p in patches:
             p.stop()
-    kw = {"batch_size": 512, "device": eval_device(cfg.trainer)}
-    triggered = attack.apply(test.x)
-    m = attack_metrics(
-        predict(outcome.model, test.x, **kw),
-        predict(outcome.model, triggered, **kw),
-        test.y,
-        attack.target_label(test.y),
-        attack.asr_mask(test.y),
-    )
+    m = model_metrics(outcome.model, test, attack, eval_device(cfg.trainer))
     det = None
     if outcome.verdict is not None:
         v = outcome.verdict
@@ -138,6 +130,18 @@ def main() -> None:
             f.write(json.dumps(row, default=str) + "\n")
 
 
+def model_metrics(model, test, attack, device) -> dict:
+    """ACC and ASR of `model` on the test set, as the pipeline's evaluation computes them."""
+    kw = {"batch_size": 512, "device": device}
+    return attack_metrics(
+        predict(model, test.x, **kw),
+        predict(model, attack.apply(test.x), **kw),
+        test.y,
+        attack.target_label(test.y),
+        attack.asr_mask(test.y),
+    )
+
+
 def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None, test, attack) -> None:
     """FCT's ranking of the training set under several tau, scored against the truth, after the
     sensitivity model's own test ACC and ASR (has it learned the trigger?)."""
@@ -148,14 +152,7 @@ def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None, test, attack)
     sd = sensitivity.plain(defense.sd)
     t0 = time.perf_counter()
     model = sensitivity.sensitivity_model(ctx, sd)
-    kw = {"batch_size": 512, "device": ctx.device}
-    m = attack_metrics(
-        predict(model, test.x, **kw),
-        predict(model, attack.apply(test.x), **kw),
-        test.y,
-        attack.target_label(test.y),
-        attack.asr_mask(test.y),
-    )
+    m = model_metrics(model, test, attack, ctx.device)
     arch = (sd.get("model") or {}).get("_target_", "the run's model")
     print(
         f"SD MODEL ({arch}, {time.perf_counter() - t0:.0f}s): test ACC {100 * m['acc']:.1f} "
