@@ -20,6 +20,13 @@ submission / BMVC'24).
      raw per-dimension NLL shifts by log(scale). `nd_units: raw` drops that term. On digits the
      non-target classes of a clean and a BadNets run score 3.8 to 127, the BadNets target -3.0: 0.6 sits
      in the gap; the threshold is a calibration, not a paper value on a known scale.
+   - `nd_rule: anomaly` (our addition, off by default): instead of the fixed beta_ND, flag the
+     classes whose S_ND lies below the median of the classes with an anomaly index above
+     `nd_anomaly` (2.0: Neural Cleanse's rule on its mask norms, the same statistic). beta_ND's
+     scale is a calibration (above) that does not carry from one dataset and backbone to another;
+     the index is invariant to the scale and to `nd_units`. It needs most classes clean, as the
+     paper's all-to-one threat model has them. The index is logged under either rule
+     (`s_nd_anomaly_index`).
    - `nd_score: consistency` (the previous default, our reconstruction): the share of class y's own
      samples that argmax_k log p_k assigns to y (no class prior), flagged below beta_ND. Those
      samples trained p_y, so memorisation makes every class look consistent.
@@ -54,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
+from backdoor_bench.defenses.outliers import mad_anomaly
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.figures import foreign_density_histograms
 from backdoor_bench.training.fit import extract_features
@@ -138,7 +146,8 @@ class FlowRelabel(Defense):
     """Args: `variant` (`full`: SSL features; `supervised`: the backdoored model's, Table 3),
     `beta_nd` (0.6), `beta_d` (0.05), `lam` (0.75), `alpha` (0.15), `sd_direction` (gt | lt),
     `nd_score` (foreign_nll | consistency), `nd_units` (standardized | raw: the scale of
-    foreign_nll), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
+    foreign_nll), `nd_rule` (beta: S_ND < beta_nd, the paper | anomaly: S_ND a low outlier among
+    the classes, anomaly index above `nd_anomaly`, 2.0), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
     transforms, epochs, batch_size, lr, betas)."""
 
     def __init__(
@@ -152,6 +161,8 @@ class FlowRelabel(Defense):
         sd_direction: str = "gt",
         nd_score: str = "foreign_nll",
         nd_units: str = "standardized",
+        nd_rule: str = "beta",
+        nd_anomaly: float = 2.0,
         standardize: bool = False,
         bins: int = 30,
         cross_fit: bool = False,
@@ -167,6 +178,11 @@ class FlowRelabel(Defense):
             raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency")
         if nd_units not in ("standardized", "raw"):
             raise ConfigError(f"defense.nd_units={nd_units!r} is unknown: use standardized or raw")
+        if nd_rule not in ("beta", "anomaly"):
+            raise ConfigError(
+                f"defense.nd_rule={nd_rule!r} is unknown: use beta (S_ND below beta_nd, the paper) or anomaly "
+                "(S_ND an outlier below the other classes')"
+            )
         if not 0 < float(alpha) <= 0.5:
             raise ConfigError(
                 f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
@@ -180,6 +196,7 @@ class FlowRelabel(Defense):
             float(alpha),
         )
         self.sd_direction, self.nd_score, self.nd_units = sd_direction, nd_score, nd_units
+        self.nd_rule, self.nd_anomaly = nd_rule, float(nd_anomaly)
         self.standardize, self.bins, self.cross_fit = bool(standardize), int(bins), bool(cross_fit)
         self.flow = {
             "hidden": 512,
@@ -243,6 +260,16 @@ class FlowRelabel(Defense):
             "consistency": label_consistency(L, y),
         }
 
+    def nd_flags(self, s_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bool [C]: the classes the non-disruptive test flags under `nd_rule`, the anomaly index
+        of every class's S_ND)."""
+        index, low_outliers, _, _ = mad_anomaly(s_nd, self.nd_anomaly, side="low")
+        if self.nd_rule == "beta":
+            return s_nd < self.beta_nd, index
+        flag = torch.zeros(len(s_nd), dtype=torch.bool)
+        flag[low_outliers] = True
+        return flag, index
+
     def decide(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor, epochs: int):
         """Steps 3-5 from the log-density matrix L [N, C] of features `z`:
         (verdict, extra, v, mu, flagged classes)."""
@@ -254,7 +281,7 @@ class FlowRelabel(Defense):
         )
         s_nd = readings[key]
         s_d, mus = d_scores(L, y, self.lam, self.bins)
-        nd_flag = s_nd < self.beta_nd
+        nd_flag, nd_index = self.nd_flags(s_nd)
         d_flag = (s_d > self.beta_d) if self.sd_direction == "gt" else (s_d < self.beta_d)
         d_flag &= ~nd_flag  # the non-disruptive test comes first (Sec. 4.4)
         score = poisoning_score(L, y)
@@ -274,9 +301,10 @@ class FlowRelabel(Defense):
             else:
                 kept[poisoned] = False
         log.info(
-            "flow_relabel: S_ND (%s) %s; S_D %s",
+            "flow_relabel: S_ND (%s) %s, anomaly index %s; S_D %s",
             key,
             [round(float(v), 3) for v in s_nd],
+            [round(float(v), 2) for v in nd_index],
             [round(float(v), 3) for v in s_d],
         )
         log.info(
@@ -289,6 +317,8 @@ class FlowRelabel(Defense):
         extra = {
             "s_nd": s_nd.tolist(),
             "nd_reading": key,
+            "nd_rule": self.nd_rule,
+            "s_nd_anomaly_index": [round(float(a), 4) for a in nd_index],
             **{f"s_nd_{k}": v.tolist() for k, v in readings.items()},
             "feature_mean_log_std": mean_log_std(z),
             "feature_dim": int(z.shape[1]),

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome
+from backdoor_bench.defenses.outliers import mad_anomaly
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.figures import reversed_triggers
 from backdoor_bench.training.recipe import recipe
@@ -51,7 +52,6 @@ from backdoor_bench.training.recipe import recipe
 log = logging.getLogger(__name__)
 
 EPSILON = 1e-7  # Keras' K.epsilon(), which NC's tanh parameterisation divides by (2 - eps)
-CONSISTENCY = 1.4826  # MAD -> standard deviation for a normal distribution
 
 
 def from_raw(w: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
@@ -73,20 +73,6 @@ def trigger_loss(logits: torch.Tensor, target: int, mask: torch.Tensor, cost: fl
     """CE(logits, t) (mean over the batch) + cost x |m|_1 (NC's Eq. 3 with the L1 norm of the mask)."""
     t = torch.full((len(logits),), int(target), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits.float(), t) + cost * mask.abs().sum()
-
-
-def mad_anomaly(norms: torch.Tensor, threshold: float = 2.0) -> tuple[torch.Tensor, list[int], float, float]:
-    """(anomaly index per class, flagged classes, median, MAD): index = |norm - median| / MAD with
-    MAD = 1.4826 x median |norm - median| (medians of an even count average the middle two, as
-    numpy's); flagged = classes whose norm is below the median with an index above `threshold`,
-    smallest norm first. A zero MAD gives index 0 where the norm is the median, inf elsewhere."""
-    norms = norms.double()
-    median = float(torch.quantile(norms, 0.5))
-    mad = CONSISTENCY * float(torch.quantile((norms - median).abs(), 0.5))
-    dev = (norms - median).abs()
-    index = dev / mad if mad > 0 else torch.where(dev > 0, math.inf, 0.0).double()
-    flagged = [int(c) for c in torch.argsort(norms) if norms[c] < median and index[c] > threshold]
-    return index, flagged, median, mad
 
 
 @dataclass

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
+from backdoor_bench.defenses.outliers import mad_anomaly
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.training.fit import extract_features
 
@@ -85,11 +86,12 @@ def net_outflow(y: torch.Tensor, majority: torch.Tensor, flagged: torch.Tensor, 
 
 
 def outlier_classes(a: torch.Tensor, threshold: float = 3.5, min_outflow: float = 0.0) -> torch.Tensor:
-    """bool [C]: modified z-score 0.6745 (a - median) / MAD above `threshold` (one-sided) and
-    a at least `min_outflow`."""
-    med = a.median()
-    mad = (a - med).abs().median().clamp_min(1e-12)
-    return (0.6745 * (a - med) / mad > threshold) & (a >= min_outflow)
+    """bool [C]: the classes whose net outflow lies above the median with an anomaly index (the
+    modified z-score 0.6745 (a - median) / MAD) above `threshold`, and is at least `min_outflow`."""
+    _, flagged, _, _ = mad_anomaly(a, threshold, side="high")
+    out = torch.zeros(len(a), dtype=torch.bool)
+    out[flagged] = True
+    return out & (a >= min_outflow)
 
 
 EMBEDDINGS = ("projector", "backbone")

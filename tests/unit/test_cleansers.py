@@ -171,11 +171,28 @@ def test_flows_remove_a_disruptive_poison_cluster():
         ({"alpha": 0.7}, "alpha"),
         ({"nd_score": "x"}, "nd_score"),
         ({"nd_units": "bits"}, "nd_units"),
+        ({"nd_rule": "median"}, "nd_rule"),
     ],
 )
 def test_flow_relabel_rejects_bad_settings(kw, key):
     with pytest.raises(ConfigError, match=key):
         FlowRelabel(**kw)
+
+
+def test_flow_relabel_nd_rules_on_the_measured_cifar_scores():
+    """S_ND (standardised nats per dimension) of the 20k Blended cifar10-jpeg75 run (target 0):
+    beta_nd = 0.6, calibrated on digits, flags every class; the anomaly rule flags none at
+    Neural Cleanse's 2.0, because class 0's index is 1.94 (median -4.79, MAD 1.4826 x 0.125)."""
+    s_nd = torch.tensor([-5.15, -4.64, -4.98, -4.89, -4.85, -4.78, -4.49, -4.80, -4.60, -4.74])
+    flag, index = FlowRelabel().nd_flags(s_nd)
+    assert flag.all()
+    flag, index = FlowRelabel(nd_rule="anomaly").nd_flags(s_nd)
+    assert not flag.any() and float(index[0]) == pytest.approx(0.36 / (1.4826 * 0.125), rel=1e-4)
+    assert float(index[6]) == pytest.approx(0.30 / (1.4826 * 0.125), rel=1e-4)  # the high side: never flagged
+    flag, _ = FlowRelabel(nd_rule="anomaly", nd_anomaly=1.9).nd_flags(s_nd)
+    assert flag.nonzero().flatten().tolist() == [0]
+    # scale-free: the raw units shift every class by one constant, the index does not move
+    assert torch.allclose(FlowRelabel(nd_rule="anomaly").nd_flags(s_nd + 2.78)[1], index)
 
 
 def test_knn_votes_only_from_voters():
@@ -224,10 +241,12 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
 
     for poison, expect in ((0, []), (20, [0])):
         h, y, given = _knn_world(poison)
-        # 20 poisoned of the target's 80 samples: A = 0.25, so the floor is lowered to 0.2
-        out = SSLKNN(k=10, min_outflow=0.2).run(knn_ctx(h, given))
+        # 20 poisoned of the target's 80 samples: A = 0.21, so the floor is lowered to 0.2; three of
+        # the ten toy classes have A = 0 exactly, which makes the MAD small and the target's anomaly
+        # index 2.87 (medians of an even count average the middle two): the threshold is lowered too
+        out = SSLKNN(k=10, min_outflow=0.2, class_threshold=2.5).run(knn_ctx(h, given))
         assert out.extra["gate_opened"] == expect
-        assert out.extra["class_gate"] == "outflow" and out.extra["class_threshold"] == 3.5
+        assert out.extra["class_gate"] == "outflow" and out.extra["class_threshold"] == 2.5
         assert out.extra["min_outflow"] == 0.2
         if poison:  # at the default floor (0.3) this light poisoning is left alone
             assert SSLKNN(k=10).run(knn_ctx(h, given)).extra["gate_opened"] == []

@@ -13,13 +13,13 @@ from backdoor_bench.defenses.nc import (
     CostSchedule,
     NeuralCleanse,
     from_raw,
-    mad_anomaly,
     reverse_engineer,
     stamp,
     to_raw,
     trigger_loss,
     unlearning_set,
 )
+from backdoor_bench.defenses.outliers import mad_anomaly
 from backdoor_bench.errors import ConfigError
 from tests.unit.contexts import context
 
@@ -81,6 +81,10 @@ def test_mad_anomaly_index_and_small_side_flags():
     assert median == 10.0 and mad == pytest.approx(1.4826) and flagged == [0]  # even count: mean of the middle two
     index, flagged, _, mad = mad_anomaly(torch.tensor([3.0, 3.0, 3.0, 1.0]))
     assert mad == 0 and index.tolist() == [0.0, 0.0, 0.0, math.inf] and flagged == [3]
+    _, flagged, _, _ = mad_anomaly(norms, side="high")  # the other side (ssl_knn's gate): class 6 only
+    assert flagged == [6]
+    with pytest.raises(ValueError, match="side"):
+        mad_anomaly(norms, side="both")
 
 
 def test_unlearning_set_stamps_its_share_with_the_triggers_in_turn():
