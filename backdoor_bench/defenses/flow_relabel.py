@@ -20,18 +20,20 @@ submission / BMVC'24).
      raw per-dimension NLL shifts by log(scale). `nd_units: raw` drops that term. On digits the
      non-target classes of a clean and a BadNets run score 3.8 to 127, the BadNets target -3.0: 0.6 sits
      in the gap; the threshold is a calibration, not a paper value on a known scale.
-   - `nd_rule: anomaly` (our addition, off by default): instead of the fixed beta_ND, flag the
-     classes whose S_ND lies below the median of the classes with an anomaly index above
-     `nd_anomaly` (2.0: Neural Cleanse's rule on its mask norms, the same statistic). beta_ND's
-     scale is a calibration (above) that does not carry from one dataset and backbone to another;
-     the index is invariant to the scale and to `nd_units`. It needs most classes clean, as the
-     paper's all-to-one threat model has them. The index is logged under either rule
-     (`s_nd_anomaly_index`).
+   - `nd_score: foreign_share` (our reconstruction of the same premise, not Eq. 3): S_ND(y) =
+     the share of the samples not labeled y whose most likely class other than their own,
+     argmax_{c != y_i} log p_c(z_i), is y. Sec. 4.4's premise is that the target class's flow
+     "will assign moderate densities to many foreign examples"; the share counts those examples
+     directly, is a fraction whatever the feature scale (about 1 / (C - 1) for a clean class),
+     and is not dominated by the few far samples that make Eq. 3's mean NLL run to thousands of
+     nats on digits. Flagged ABOVE `beta_share` (0.37: between the largest clean-class share we
+     measured, 0.33 on digits, and the smallest target share, 0.42 under Blended on the 20k
+     cifar10-jpeg75 scale; see docs/fidelity.md).
    - `nd_score: consistency` (the previous default, our reconstruction): the share of class y's own
      samples that argmax_k log p_k assigns to y (no class prior), flagged below beta_ND. Those
      samples trained p_y, so memorisation makes every class look consistent.
-   Both readings are logged in `extra` (`s_nd_foreign_nll`, `s_nd_foreign_nll_raw`,
-   `s_nd_consistency`); no detection score uses a class-frequency prior.
+   Every reading is logged in `extra` (`s_nd_foreign_nll`, `s_nd_foreign_nll_raw`,
+   `s_nd_foreign_share`, `s_nd_consistency`); no detection score uses a class-frequency prior.
    - disruptive: v_y(z) = max over other classes of log p (Eq. 4); mu_y = the minimum of a 30-bin
      histogram of class y's v values left of the `lam` point of its range; S_D(y) = the share
      below mu_y (Eq. 5). The text says both "exceeds beta_D" and "less than beta_D"; S_D is an
@@ -61,13 +63,14 @@ import torch
 import torch.nn.functional as F
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
-from backdoor_bench.defenses.outliers import mad_anomaly
 from backdoor_bench.errors import ConfigError
 from backdoor_bench.figures import foreign_density_histograms
 from backdoor_bench.training.fit import extract_features
 from backdoor_bench.training.flows import fit_flow, log_density_matrix, make_flow
 
 log = logging.getLogger(__name__)
+
+ND_SCORES = ("foreign_nll", "foreign_share", "consistency")
 
 
 def standardize(h: torch.Tensor) -> torch.Tensor:
@@ -89,6 +92,20 @@ def foreign_nll(L: torch.Tensor, y: torch.Tensor, dim: int = 1, log_std: float =
     C = L.shape[1]
     nan = torch.tensor(float("nan"))
     return torch.stack([-L[y != c, c].mean() / dim + log_std if (y != c).any() else nan for c in range(C)])
+
+
+def foreign_share(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The `foreign_share` reading (our reconstruction, not Eq. 3): per class c, the share of the
+    samples not labeled c whose most likely class other than their own is c."""
+    C = L.shape[1]
+    best = foreign_argmax(L, y)
+    nan = torch.tensor(float("nan"))
+    return torch.stack([(best[y != c] == c).float().mean() if (y != c).any() else nan for c in range(C)])
+
+
+def foreign_argmax(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """argmax over classes c != y_i of log p_c(z_i): Eq. 7's relabeling target."""
+    return L.scatter(1, y[:, None], float("-inf")).argmax(1)
 
 
 def label_consistency(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -146,8 +163,7 @@ class FlowRelabel(Defense):
     """Args: `variant` (`full`: SSL features; `supervised`: the backdoored model's, Table 3),
     `beta_nd` (0.6), `beta_d` (0.05), `lam` (0.75), `alpha` (0.15), `sd_direction` (gt | lt),
     `nd_score` (foreign_nll | consistency), `nd_units` (standardized | raw: the scale of
-    foreign_nll), `nd_rule` (beta: S_ND < beta_nd, the paper | anomaly: S_ND a low outlier among
-    the classes, anomaly index above `nd_anomaly`, 2.0), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
+    foreign_nll), `beta_share` (0.37, the threshold of `nd_score: foreign_share`), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
     transforms, epochs, batch_size, lr, betas)."""
 
     def __init__(
@@ -161,8 +177,7 @@ class FlowRelabel(Defense):
         sd_direction: str = "gt",
         nd_score: str = "foreign_nll",
         nd_units: str = "standardized",
-        nd_rule: str = "beta",
-        nd_anomaly: float = 2.0,
+        beta_share: float = 0.37,
         standardize: bool = False,
         bins: int = 30,
         cross_fit: bool = False,
@@ -174,15 +189,12 @@ class FlowRelabel(Defense):
             raise ConfigError(f"defense.variant={variant!r} is unknown: use full (SSL features) or supervised")
         if sd_direction not in ("gt", "lt"):
             raise ConfigError(f"defense.sd_direction={sd_direction!r} is unknown: use gt or lt")
-        if nd_score not in ("foreign_nll", "consistency"):
-            raise ConfigError(f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3) or consistency")
+        if nd_score not in ND_SCORES:
+            raise ConfigError(
+                f"defense.nd_score={nd_score!r} is unknown: use foreign_nll (Eq. 3), foreign_share or consistency"
+            )
         if nd_units not in ("standardized", "raw"):
             raise ConfigError(f"defense.nd_units={nd_units!r} is unknown: use standardized or raw")
-        if nd_rule not in ("beta", "anomaly"):
-            raise ConfigError(
-                f"defense.nd_rule={nd_rule!r} is unknown: use beta (S_ND below beta_nd, the paper) or anomaly "
-                "(S_ND an outlier below the other classes')"
-            )
         if not 0 < float(alpha) <= 0.5:
             raise ConfigError(
                 f"defense.alpha={alpha} must be in (0, 0.5]: the share of a flagged class called "
@@ -196,7 +208,7 @@ class FlowRelabel(Defense):
             float(alpha),
         )
         self.sd_direction, self.nd_score, self.nd_units = sd_direction, nd_score, nd_units
-        self.nd_rule, self.nd_anomaly = nd_rule, float(nd_anomaly)
+        self.beta_share = float(beta_share)
         self.standardize, self.bins, self.cross_fit = bool(standardize), int(bins), bool(cross_fit)
         self.flow = {
             "hidden": 512,
@@ -252,42 +264,31 @@ class FlowRelabel(Defense):
 
     def nd_scores(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """S_ND per class under every reading: Eq. 3 per dimension in standardised units and in the
-        raw units of `z`, and the label consistency."""
+        raw units of `z`, the foreign share and the label consistency."""
         d = z.shape[1]
         return {
             "foreign_nll": foreign_nll(L, y, d, mean_log_std(z)),
             "foreign_nll_raw": foreign_nll(L, y, d),
+            "foreign_share": foreign_share(L, y),
             "consistency": label_consistency(L, y),
         }
-
-    def nd_flags(self, s_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(bool [C]: the classes the non-disruptive test flags under `nd_rule`, the anomaly index
-        of every class's S_ND)."""
-        index, low_outliers, _, _ = mad_anomaly(s_nd, self.nd_anomaly, side="low")
-        if self.nd_rule == "beta":
-            return s_nd < self.beta_nd, index
-        flag = torch.zeros(len(s_nd), dtype=torch.bool)
-        flag[low_outliers] = True
-        return flag, index
 
     def decide(self, L: torch.Tensor, y: torch.Tensor, z: torch.Tensor, epochs: int):
         """Steps 3-5 from the log-density matrix L [N, C] of features `z`:
         (verdict, extra, v, mu, flagged classes)."""
         readings = self.nd_scores(L, y, z)
-        key = (
-            "consistency"
-            if self.nd_score == "consistency"
-            else ("foreign_nll" if self.nd_units == "standardized" else "foreign_nll_raw")
-        )
+        key = self.nd_score
+        if key == "foreign_nll" and self.nd_units == "raw":
+            key = "foreign_nll_raw"
         s_nd = readings[key]
         s_d, mus = d_scores(L, y, self.lam, self.bins)
-        nd_flag, nd_index = self.nd_flags(s_nd)
+        nd_flag = s_nd > self.beta_share if key == "foreign_share" else s_nd < self.beta_nd
         d_flag = (s_d > self.beta_d) if self.sd_direction == "gt" else (s_d < self.beta_d)
         d_flag &= ~nd_flag  # the non-disruptive test comes first (Sec. 4.4)
         score = poisoning_score(L, y)
         kept, labels = torch.ones(len(y), dtype=torch.bool), y.clone()
         suspicion = torch.full((len(y),), float("nan"))
-        foreign = L.scatter(1, y[:, None], float("-inf")).argmax(1)  # argmax_{y' != y} p_y'(z)
+        foreign = foreign_argmax(L, y)
         for c in (nd_flag | d_flag).nonzero().flatten().tolist():
             idx = (y == c).nonzero().flatten()
             sus = -score[idx] if nd_flag[c] else score[idx]  # higher = more suspicious
@@ -301,10 +302,9 @@ class FlowRelabel(Defense):
             else:
                 kept[poisoned] = False
         log.info(
-            "flow_relabel: S_ND (%s) %s, anomaly index %s; S_D %s",
+            "flow_relabel: S_ND (%s) %s; S_D %s",
             key,
             [round(float(v), 3) for v in s_nd],
-            [round(float(v), 2) for v in nd_index],
             [round(float(v), 3) for v in s_d],
         )
         log.info(
@@ -317,8 +317,6 @@ class FlowRelabel(Defense):
         extra = {
             "s_nd": s_nd.tolist(),
             "nd_reading": key,
-            "nd_rule": self.nd_rule,
-            "s_nd_anomaly_index": [round(float(a), 4) for a in nd_index],
             **{f"s_nd_{k}": v.tolist() for k, v in readings.items()},
             "feature_mean_log_std": mean_log_std(z),
             "feature_dim": int(z.shape[1]),

@@ -10,7 +10,9 @@ import torch
 from backdoor_bench.defenses.flow_relabel import (
     FlowRelabel,
     d_scores,
+    foreign_argmax,
     foreign_nll,
+    foreign_share,
     histogram_valley,
     label_consistency,
     mean_log_std,
@@ -171,7 +173,6 @@ def test_flows_remove_a_disruptive_poison_cluster():
         ({"alpha": 0.7}, "alpha"),
         ({"nd_score": "x"}, "nd_score"),
         ({"nd_units": "bits"}, "nd_units"),
-        ({"nd_rule": "median"}, "nd_rule"),
     ],
 )
 def test_flow_relabel_rejects_bad_settings(kw, key):
@@ -179,20 +180,28 @@ def test_flow_relabel_rejects_bad_settings(kw, key):
         FlowRelabel(**kw)
 
 
-def test_flow_relabel_nd_rules_on_the_measured_cifar_scores():
-    """S_ND (standardised nats per dimension) of the 20k Blended cifar10-jpeg75 run (target 0):
-    beta_nd = 0.6, calibrated on digits, flags every class; the anomaly rule flags none at
-    Neural Cleanse's 2.0, because class 0's index is 1.94 (median -4.79, MAD 1.4826 x 0.125)."""
-    s_nd = torch.tensor([-5.15, -4.64, -4.98, -4.89, -4.85, -4.78, -4.49, -4.80, -4.60, -4.74])
-    flag, index = FlowRelabel().nd_flags(s_nd)
-    assert flag.all()
-    flag, index = FlowRelabel(nd_rule="anomaly").nd_flags(s_nd)
-    assert not flag.any() and float(index[0]) == pytest.approx(0.36 / (1.4826 * 0.125), rel=1e-4)
-    assert float(index[6]) == pytest.approx(0.30 / (1.4826 * 0.125), rel=1e-4)  # the high side: never flagged
-    flag, _ = FlowRelabel(nd_rule="anomaly", nd_anomaly=1.9).nd_flags(s_nd)
-    assert flag.nonzero().flatten().tolist() == [0]
-    # scale-free: the raw units shift every class by one constant, the index does not move
-    assert torch.allclose(FlowRelabel(nd_rule="anomaly").nd_flags(s_nd + 2.78)[1], index)
+def test_foreign_share_exact():
+    """foreign_share: per class c, the share of the samples not labeled c whose best class other
+    than their own is c; decide() flags it above beta_share."""
+    L = torch.tensor(
+        [
+            [0.0, -1.0, -2.0],  # label 0: best other class 1
+            [0.0, -3.0, -2.0],  # label 0: best other 2
+            [-1.0, 0.0, -5.0],  # label 1: best other 0
+            [-4.0, 0.0, -3.0],  # label 1: best other 2
+            [-1.0, -2.0, 0.0],  # label 2: best other 0
+        ]
+    )
+    y = torch.tensor([0, 0, 1, 1, 2])
+    share = foreign_share(L, y)
+    assert share.tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 4])  # class 0: 2 of the 3 samples of 1 and 2
+    assert foreign_argmax(L, y).tolist() == [1, 2, 0, 2, 0]
+    fr = FlowRelabel(nd_score="foreign_share", beta_share=0.6)
+    _, extra, *_ = fr.decide(L, y, torch.randn(5, 2), epochs=1)
+    assert extra["nd_reading"] == "foreign_share" and extra["nd_flagged"] == [0]
+    assert extra["s_nd_foreign_share"] == pytest.approx(share.tolist())
+    _, extra, *_ = FlowRelabel().decide(L, y, torch.randn(5, 2), epochs=1)  # Eq. 3 is still the default
+    assert extra["nd_reading"] == "foreign_nll"
 
 
 def test_knn_votes_only_from_voters():
