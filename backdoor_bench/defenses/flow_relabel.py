@@ -162,9 +162,10 @@ def poisoning_score(L: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class FlowRelabel(Defense):
     """Args: `variant` (`full`: SSL features; `supervised`: the backdoored model's, Table 3),
     `beta_nd` (0.6), `beta_d` (0.05), `lam` (0.75), `alpha` (0.15), `sd_direction` (gt | lt),
-    `nd_score` (foreign_nll | consistency), `nd_units` (standardized | raw: the scale of
-    foreign_nll), `beta_share` (0.37, the threshold of `nd_score: foreign_share`), `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden,
-    transforms, epochs, batch_size, lr, betas)."""
+    `nd_score` (foreign_nll | foreign_share | consistency), `nd_units` (standardized | raw: the
+    scale of foreign_nll), `beta_share` (0.37, the threshold of `nd_score: foreign_share`),
+    `standardize` (false), `bins` (30), `cross_fit` (false), `flow` (hidden, transforms, epochs,
+    batch_size, lr, betas)."""
 
     def __init__(
         self,

@@ -1,7 +1,6 @@
 """The outlier test that flags a class among the others, shared by the defenses that compare one
 statistic per class: Neural Cleanse's anomaly index (Wang et al., S&P'19, Sec. IV-C) over the
-mask norms, ssl_knn's class gate over the net outflows, and flow_relabel's `nd_rule: anomaly`
-over S_ND."""
+mask norms, and ssl_knn's class gate over the net outflows."""
 
 from __future__ import annotations
 
