@@ -18,7 +18,7 @@ from backdoor_bench.attacks.base import Attack
 from backdoor_bench.defenses.base import Defense
 from backdoor_bench.errors import KINDS, ConfigError, check_value, instantiate_checked
 from backdoor_bench.models import build_model
-from backdoor_bench.training.features import resolve_layer
+from backdoor_bench.training.features import LAST_MAP, resolve_layer
 from backdoor_bench.training.fit import COMPILE, COMPILE_MODES
 from backdoor_bench.training.optim import configure_optimizers
 
@@ -156,6 +156,6 @@ def validate(cfg) -> tuple[Attack, Defense]:
     if not 0 <= defense.clean_fraction < 1:
         raise ConfigError(f"defense.clean_fraction={defense.clean_fraction} must be a fraction in [0, 1)")
     for group in ("attack", "defense"):  # TrojanNN's and the feature-space defenses' layer exists in cfg.model
-        if cfg[group].get("layer") is not None:
+        if cfg[group].get("layer") not in (None, LAST_MAP):
             resolve_layer(model, cfg[group].layer, group=group)
     return attack, defense

@@ -42,7 +42,7 @@ from sklearn.metrics import silhouette_score
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 from backdoor_bench.errors import ConfigError
-from backdoor_bench.training.features import ACTIVATIONS, layer_features
+from backdoor_bench.training.features import ACTIVATIONS, layer_features, layer_name
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,12 @@ class ActivationClustering(Defense):
         }
 
     def run(self, ctx: DefenseContext) -> Outcome:
+        model = ctx.backdoored_model()
+        layer = layer_name(model, ctx.train.x, self.layer)
         h = layer_features(
-            ctx.backdoored_model(),
+            model,
             ctx.train.x,
-            self.layer,
+            layer,
             device=ctx.device,
             activations=self.activations,
         )
@@ -151,7 +153,7 @@ class ActivationClustering(Defense):
         log.info("ac: removing %d of %d samples, per class %s", int(removed.sum()), len(y), per_class)
         verdict = Verdict(kept=~removed, scores=scores)
         extra = {
-            "layer": self.layer,
+            "layer": layer,
             "activations": self.activations,
             "feature_dim": int(h.shape[1]),
             "size_threshold": self.settings["size_threshold"],

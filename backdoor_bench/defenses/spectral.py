@@ -4,9 +4,10 @@
 
 Poisoned samples leave a trace in the learned representation that is strongest along the top
 singular direction of the class's centred activations. With the backdoored model's activations
-R(x) at `layer` (null: the penultimate features; a feature map is flattened to one vector per
-sample, as the authors' code does, or averaged over space with `activations: pool`; see
-training/features.py), for each class c under the given labels:
+R(x) at `layer` (default `last_map`: the last feature map before the global pooling; null: the
+penultimate vector; or a submodule name), a feature map flattened to one vector per sample as the
+authors' code does with the late-stage map it scores (or averaged over space with
+`activations: pool`; see training/features.py), for each class c under the given labels:
 1. centre: M = [R(x_i) - mean_c] over the samples labeled c;
 2. v = the top right singular vector of M;
 3. score tau_i = ((R(x_i) - mean_c) . v)^2;
@@ -36,7 +37,7 @@ import torch
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome, Verdict
 from backdoor_bench.errors import ConfigError
-from backdoor_bench.training.features import ACTIVATIONS, layer_features
+from backdoor_bench.training.features import ACTIVATIONS, layer_features, layer_name
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ log = logging.getLogger(__name__)
 def spectral_scores(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """[N] squared projection of each sample's centred features on its class's top right
     singular vector (Tran et al., Algorithm 1)."""
-    h, scores = h.double(), torch.zeros(len(y), dtype=torch.float64)
+    scores = torch.zeros(len(y), dtype=torch.float64)
     for c in y.unique():
         idx = (y == c).nonzero().flatten()
-        centred = h[idx] - h[idx].mean(0)
+        hc = h[idx].double()  # one class at a time in float64: a flattened feature map is wide
+        centred = hc - hc.mean(0)
         v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
         scores[idx] = (centred @ v) ** 2
     return scores.float()
@@ -64,7 +66,8 @@ def top_share_per_class(scores: torch.Tensor, y: torch.Tensor, share: float) -> 
 
 
 class SpectralSignatures(Defense):
-    """Args: `layer` (null: penultimate features; else a submodule name, e.g. backbone.layer3.1),
+    """Args: `layer` (last_map: the last feature map before the pooling; null: penultimate
+    features; else a submodule name, e.g. backbone.layer3.1),
     `activations` (flatten | pool: how a feature map becomes a vector), `expected_poison_rate`
     (the largest poisoned share of a CLASS the defender expects), `removal_factor` (1.5 in Tran
     et al.), `min_removal` (the least share of a class removed)."""
@@ -72,7 +75,7 @@ class SpectralSignatures(Defense):
     def __init__(
         self,
         name: str = "spectral",
-        layer: str | None = None,
+        layer: str | None = "last_map",
         expected_poison_rate: float = 0.1,
         removal_factor: float = 1.5,
         min_removal: float = 0.0,
@@ -92,10 +95,12 @@ class SpectralSignatures(Defense):
         self.expected_poison_rate = float(expected_poison_rate)
 
     def run(self, ctx: DefenseContext) -> Outcome:
+        model = ctx.backdoored_model()
+        layer = layer_name(model, ctx.train.x, self.layer)
         h = layer_features(
-            ctx.backdoored_model(),
+            model,
             ctx.train.x,
-            self.layer,
+            layer,
             device=ctx.device,
             activations=self.activations,
         )
@@ -111,7 +116,7 @@ class SpectralSignatures(Defense):
         verdict = Verdict(kept=~removed, scores=scores)
         per_class = torch.bincount(y[removed], minlength=ctx.train.num_classes).tolist()
         extra = {
-            "layer": self.layer,
+            "layer": layer,
             "activations": self.activations,
             "feature_dim": int(h.shape[1]),
             "expected_poison_rate": self.expected_poison_rate,

@@ -2,8 +2,10 @@
 Clustering). Both papers score the activations of one layer of the backdoored network, and which
 layer works best depends on the architecture (the ISPL paper, "Defending Against Backdoor Attacks
 Using Ensembles of Weak Learners", appendix B.1), so the layer is a config
-value: `None` is `model.features` (the penultimate vector), any other value a submodule name as
-`model.named_modules()` spells it (e.g. `backbone.layer3.1`).
+value: `None` is `model.features` (the penultimate vector), `"last_map"` the last feature map
+before the global pooling (`last_feature_map`: `backbone.body.6` of small_cnn, `backbone.bn` of
+preact_resnet18), any other value a submodule name as `model.named_modules()` spells it (e.g.
+`backbone.layer3.1`).
 
 How a feature map [N, C, H, W] becomes one vector per sample (`activations`): `flatten` (the
 default) keeps every unit, [N, C*H*W], as Tran et al.'s released code does (it reshapes the chosen
@@ -29,7 +31,11 @@ def resolve_layer(model: torch.nn.Module, layer: str, key: str = "layer", group:
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
         names = ", ".join(name for name in modules if name)
-        null = "null (the penultimate features) or " if key == "layer" else ""
+        null = (
+            "null (the penultimate features), last_map (the last feature map before the pooling) or "
+            if key == "layer"
+            else ""
+        )
         raise ConfigError(
             f"{group}.{key}={layer!r} is not a layer of {type(model).__name__}: use {null}one of: {names}"
         )
@@ -102,6 +108,16 @@ def last_feature_map(model: torch.nn.Module, x: torch.Tensor) -> str:
 
 
 ACTIVATIONS = ("flatten", "pool")
+LAST_MAP = "last_map"  # the `layer` value that names the model's last feature map before the pooling
+
+
+def layer_name(model: torch.nn.Module, x: torch.Tensor, layer: str | None) -> str | None:
+    """The submodule name `layer` stands for: `LAST_MAP` resolves to `last_feature_map(model, x)`
+    (x: a few uint8 images); None and any other name are returned as given."""
+    if layer != LAST_MAP:
+        return layer
+    device = next(model.parameters()).device
+    return last_feature_map(model, x[:2].to(device).float().div(255))
 
 
 def shape_activations(out: torch.Tensor, activations: str = "flatten") -> torch.Tensor:
@@ -126,8 +142,10 @@ def layer_features(
     """[N, D] activations of uint8 images `x` at `layer` (model in eval mode, on CPU), captured
     from the layer's output with a forward hook and shaped by `shape_activations` (feature maps
     flattened, or averaged over space with `activations="pool"`). `layer=None` returns
-    `model.features`, already one vector per sample."""
+    `model.features`, already one vector per sample; `layer="last_map"` the last feature map before
+    the global pooling (`layer_name`)."""
     shape_activations(torch.zeros(1, 1), activations)  # a bad setting fails before any forward pass
+    layer = layer_name(model, x, layer)
     if layer is None:
         return extract_features(model, x, batch_size, device)
     module, captured = resolve_layer(model, layer), []

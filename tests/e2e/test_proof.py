@@ -51,13 +51,15 @@ BARS: dict[tuple[str, str], dict] = {
     ("blended", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
     # Blended ssl_knn under the min_outflow floor: 98.9 / 0.3, precision 94.4%, only class 0 opened
     ("blended", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
-    # clean digits (none 99.2): flow_relabel 99.2, ITLM 98.6, Spectral 97.8 (each within the 2 points)
+    # clean digits (none 99.2): flow_relabel 99.2, ITLM 98.6, Spectral 98.1 (each within the 2 points)
     ("none", "flow_relabel"): {"acc_drop": 2},
     ("none", "itlm"): {"acc_drop": 2},
     ("none", "spectral"): {"acc_drop": 2},
     # the ISPL paper's one-to-one scenario (none 99.2, TMR 100): AC 97.5 / TMR 0.0;
     # ISPL 98.6 / TMR 0.0, precision 77.8%
     ("dirty_label", "ac"): {"acc_drop": 3, "asr": 5},
+    # Spectral on the last feature map, flattened (2026-12-02): 98.3 / TMR 0.0, all 14 removed
+    ("dirty_label", "spectral"): {"acc_drop": 3, "asr": 5},
     ("dirty_label", "ispl"): {"acc_drop": 2, "asr": 5, "precision": 50},
 }
 

@@ -185,6 +185,23 @@ def test_layer_features_hooks_a_named_layer():
             layer_features(model, x, bad)
 
 
+def test_last_map_is_the_flattened_map_before_the_global_pooling():
+    """`layer="last_map"` (Spectral's default) is small_cnn's last conv block, flattened: the map
+    whose channel means are the penultimate features."""
+    from backdoor_bench.models.small_cnn import SmallCNN
+    from backdoor_bench.training.features import layer_name
+
+    torch.manual_seed(0)
+    model = ImageClassifier(SmallCNN(num_classes=3, in_channels=1, width=4), (0.5,), (0.5,)).eval()
+    x = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8)
+    assert layer_name(model, x, "last_map") == "backbone.body.6"
+    assert layer_name(model, x, None) is None and layer_name(model, x, "backbone.body.1") == "backbone.body.1"
+    h = layer_features(model, x, "last_map", batch_size=2)
+    assert h.shape == (5, 16 * 4 * 4)  # 4w channels at 4 x 4
+    assert torch.equal(h, layer_features(model, x, "backbone.body.6", batch_size=2))
+    assert torch.allclose(h.reshape(5, 16, 16).mean(2), layer_features(model, x), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "cls, kw, key",
     [
@@ -211,6 +228,7 @@ def test_a_bad_layer_stops_the_run_before_training(compose):
     with pytest.raises(ConfigError, match="backbone.body.3"):
         validate(compose("defense=spectral", "defense.layer=backbone.nope"))
     validate(compose("defense=ac", "model=resnet32", "defense.layer=backbone.layer3.1"))
+    validate(compose("defense=ac", "defense.layer=last_map"))  # resolved on the model at run time
     cfg = compose(
         "defense=spectral",
         "attack=dirty_label",
