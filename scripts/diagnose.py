@@ -6,11 +6,20 @@ never lets the ground truth reach a defense; this script does, and says so in ev
     python scripts/diagnose.py defense=dst/cpu attack=badnets --oracle split
     python scripts/diagnose.py defense=dbd/cpu attack=badnets --oracle none   # the defense as run.py runs it
     python scripts/diagnose.py defense=dbr/digits attack=badnets --sd-ranking   # FCT's ranking per tau
+    python scripts/diagnose.py defense=ssl_knn attack=blended --ssl-embedding   # the SimCLR embedding's kNN
 
 `--sd-ranking` (D-ST, D-BR) trains the SD module's sensitivity model as configured and scores the
 training set with FCT under several tau (rotation range x draws; the configured translation),
 printing each ranking's AUROC against the true poison mask and the poisoned share of its top
 `poison_ratio` (the split D-BR unlearns). Nothing is trained after it.
+
+`--ssl-embedding` (DBD, ssl_knn, flow_relabel: the shared SimCLR backbone, from the run's own cache,
+trained as `run.py` trains it) measures the embedding the cleansers rely on, for the projector
+output z and the backbone features E(x) at k = 10 and 50: how often a clean sample's neighbours'
+majority is its own label (the kNN accuracy), how often a poisoned sample's is not its given label
+(what the kNN cleanser can flag) and is its true one (what relabeling can restore), the share of
+poisoned samples among a poisoned sample's neighbours against a clean one's (does the trigger
+cluster?), and the per-class net outflow that ssl_knn's class gate reads.
 
 `--oracle split` replaces the defense's sample split by the truth: DBD's labeled set = the samples
 the attack left alone; the SD module's (D-ST, D-BR) clean split = a random `clean_ratio` share of
@@ -62,6 +71,7 @@ def main() -> None:
     ap.add_argument("--oracle", choices=["none", "split"], default="split")
     ap.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     ap.add_argument("--sd-ranking", action="store_true", help="score FCT's ranking per tau against the truth")
+    ap.add_argument("--ssl-embedding", action="store_true", help="the SimCLR embedding's kNN agreement, per group")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
@@ -69,7 +79,7 @@ def main() -> None:
         cfg = compose("config", overrides=["logger=none", "trainer.progress_bar=false", *args.overrides])
     with open_dict(cfg):
         cfg.paths.root, cfg.paths.output_dir = str(ROOT), str(ROOT / "outputs" / "diagnose")
-        if args.oracle != "none":
+        if args.oracle != "none" and not args.ssl_embedding:  # the backbone is trained without the truth
             cfg.paths.cache_dir = str(ROOT / "outputs" / "cache_oracle")
         else:
             cfg.paths.cache_dir = str(ROOT / "outputs" / "cache")
@@ -88,6 +98,8 @@ def main() -> None:
 
     if args.sd_ranking:
         return sd_ranking(ctx, defense, truth, args.out, test, attack)
+    if args.ssl_embedding:
+        return ssl_embedding_check(ctx, truth, ps.y_true, args.out)
     patches = []
     if args.oracle == "split":
         if hasattr(defense, "sd"):  # D-ST, D-BR: the SD module's split
@@ -189,6 +201,42 @@ def sd_ranking(ctx, defense, truth: torch.Tensor, out: str | None, test, attack)
             print(
                 f"SD RANKING vs THE TRUTH: degrees {degrees:g} translate {translate:g} draws {draws}: "
                 f"AUROC {row['auroc'] or float('nan'):.3f}, top {k} {100 * row['top_precision']:.1f}% poisoned"
+            )
+            if out:
+                with open(out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def ssl_embedding_check(ctx, truth: torch.Tensor, y_true: torch.Tensor, out: str | None) -> None:
+    """The shared SimCLR embedding's kNN agreement, clean and poisoned samples apart (the truth
+    used only to score, after the backbone was trained)."""
+    from backdoor_bench.defenses.ssl_knn import knn_consistency, knn_indices, net_outflow, ssl_embedding
+
+    model, y, num_classes, clean = ctx.ssl_backbone(), ctx.train.y, ctx.train.num_classes, ~truth
+    for embedding in ("projector", "backbone"):
+        h = ssl_embedding(model, ctx.train.x, embedding)
+        for k in (10, 50):
+            nb = knn_indices(h, k)
+            s, majority, _ = knn_consistency(nb, y, num_classes)
+            row = {
+                "embedding": embedding,
+                "k": k,
+                "clean_knn_acc": float((majority[clean] == y[clean]).float().mean()),
+                "clean_flagged": float((s[clean] < 0.5).float().mean()),
+                "poisoned_majority_not_label": float((majority[truth] != y[truth]).float().mean()),
+                "poisoned_majority_true_label": float((majority[truth] == y_true[truth]).float().mean()),
+                "poisoned_flagged": float((s[truth] < 0.5).float().mean()),
+                "poisoned_neighbours_of_poisoned": float(truth[nb[truth]].float().mean()),
+                "poisoned_neighbours_of_clean": float(truth[nb[clean]].float().mean()),
+                "net_outflow": [round(float(a), 3) for a in net_outflow(y, majority, s < 0.5, num_classes)],
+            }
+            print(
+                f"SSL EMBEDDING vs THE TRUTH: {embedding} k={k}: clean kNN accuracy "
+                f"{100 * row['clean_knn_acc']:.1f}%, clean flagged (s < 0.5) {100 * row['clean_flagged']:.1f}%; "
+                f"poisoned flagged {100 * row['poisoned_flagged']:.1f}%, majority = true label "
+                f"{100 * row['poisoned_majority_true_label']:.1f}%; poisoned share of the neighbours of "
+                f"poisoned / clean samples {100 * row['poisoned_neighbours_of_poisoned']:.1f}% / "
+                f"{100 * row['poisoned_neighbours_of_clean']:.1f}%; net outflow {row['net_outflow']}"
             )
             if out:
                 with open(out, "a") as f:

@@ -81,7 +81,9 @@ class ABL(Defense):
         model = ctx.new_model()
         isolation = ctx.stage_epochs(self.isolation_epochs, len(ctx.train), self.batch_size)
         scores = lga_isolation_scores(
-            lambda name, module, data, epochs: ctx.fit(name, module, data, epochs, batch_size=self.batch_size),
+            lambda name, module, data, epochs: ctx.fit(
+                name, module, data, epochs, batch_size=self.batch_size, resumable=True
+            ),
             model,
             ctx.train,
             optimizer=self.isolation_optimizer,

@@ -60,3 +60,28 @@ def test_cleanser_experiment_runs_at_tiny_scale(tmp_path, experiment):
         full, supervised = sorted(p.results, key=lambda r: r["config"]["defense"]["variant"])
         assert "train/ssl" in full["timing"] and "train/ssl" not in supervised["timing"]
         assert "train/backdoored" in supervised["timing"]
+
+
+def test_diagnose_ssl_embedding_scores_clean_and_poisoned_apart(tmp_path):
+    """scripts/diagnose.py --ssl-embedding: the shared SimCLR embedding's kNN agreement for clean and
+    poisoned samples apart, both embeddings, k = 10 and 50 (outside run.py; the truth only scores)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "embedding.jsonl"
+    cmd = [sys.executable, "scripts/diagnose.py", "--ssl-embedding", "--out", str(out)]
+    subprocess.run([*cmd, "defense=ssl_knn", "attack=badnets", "trainer=tiny"], cwd=ROOT, check=True, timeout=600)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["embedding"], r["k"]) for r in rows] == [
+        ("projector", 10),
+        ("projector", 50),
+        ("backbone", 10),
+        ("backbone", 50),
+    ]
+    for r in rows:
+        shares = [v for key, v in r.items() if key not in ("embedding", "k", "net_outflow")]
+        assert len(shares) == 7 and all(0 <= v <= 1 for v in shares) and len(r["net_outflow"]) == 10
+        # the true label of a poisoned sample is never its given one (BadNets relabels to the target)
+        assert r["poisoned_majority_true_label"] <= r["poisoned_majority_not_label"] + 1e-6
