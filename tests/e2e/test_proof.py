@@ -1,9 +1,11 @@
-"""The proof table (`experiment=proof/digits`, make test-slow): every defense on real digits, per
-method the shape it reached when measured (README, "Proof on digits"), with a margin.
+"""The proof table (`experiment=proof/digits` and `proof/digits_dirty_label`, make test-slow): every
+seed defense on real digits, per method the shape it reached when measured (README, "Proof on
+digits"), with a margin.
 
-The sweep takes a while on 2 cores; set PROOF_SWEEP_DIR to check a sweep you already ran:
+The sweeps take a while on 2 cores; set PROOF_SWEEP_DIR to check sweeps you already ran:
     python run.py -m experiment=proof/digits hydra.sweep.dir=outputs/multirun/proof
-    PROOF_SWEEP_DIR=outputs/multirun/proof pytest -m slow tests/e2e/test_proof.py
+    python run.py -m experiment=proof/digits_dirty_label hydra.sweep.dir=outputs/multirun/proof_dirty
+    PROOF_SWEEP_DIR=outputs/multirun/proof:outputs/multirun/proof_dirty pytest -m slow tests/e2e/test_proof.py
 A sweep run in parts (one attack at a time, say) is checked by listing its directories separated
 by the path separator (`:` on Linux); where two hold the same (attack, defense), the later wins.
 """
@@ -68,23 +70,25 @@ BARS: dict[tuple[str, str], dict] = {
 def runs(tmp_path_factory):
     given = [Path(p) for p in os.environ.get("PROOF_SWEEP_DIR", "").split(os.pathsep) if p]
     if not given:
-        sweep = tmp_path_factory.mktemp("proof") / "multirun"
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "run.py"),
-                "-m",
-                "experiment=proof/digits",
-                "logger=none",
-                f"hydra.sweep.dir={sweep}",
-                f"paths.cache_dir={sweep.parent / 'cache'}",
-            ],
-            cwd=ROOT,
-            check=True,
-            timeout=4 * 3600,
-            env={**os.environ, "WANDB_SILENT": "true"},
-        )
-        given = [sweep]
+        root = tmp_path_factory.mktemp("proof")
+        for experiment in ("proof/digits", "proof/digits_dirty_label"):
+            sweep = root / experiment.replace("/", "-")
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "run.py"),
+                    "-m",
+                    f"experiment={experiment}",
+                    "logger=none",
+                    f"hydra.sweep.dir={sweep}",
+                    f"paths.cache_dir={root / 'cache'}",
+                ],
+                cwd=ROOT,
+                check=True,
+                timeout=4 * 3600,
+                env={**os.environ, "WANDB_SILENT": "true"},
+            )
+            given.append(sweep)
     df, errors = load_runs(given)
     if os.environ.get("PROOF_SWEEP_DIR"):  # a sweep checked in parts may hold stopped reruns: say so
         for e in errors.to_dict("records"):
