@@ -32,7 +32,7 @@ import torch
 
 from backdoor_bench.defenses.base import Defense, DefenseContext, Outcome
 from backdoor_bench.errors import ConfigError
-from backdoor_bench.training.features import last_feature_map, resolve_layer
+from backdoor_bench.training.features import LAST_MAP, layer_name, resolve_layer
 from backdoor_bench.training.fit import extract_features, predict
 from backdoor_bench.training.recipe import recipe
 
@@ -98,7 +98,7 @@ class FinePruning(Defense):
     def run(self, ctx: DefenseContext) -> Outcome:
         model = copy.deepcopy(ctx.backdoored_model()).cpu()
         clean = ctx.clean
-        layer = last_feature_map(model, clean.x[:2].float().div(255))
+        layer = layer_name(model, clean.x, LAST_MAP)
         order = pruning_order(extract_features(model, clean.x, device=ctx.device))
         pruned_layer = resolve_layer(model, layer)
         attach_channel_mask(pruned_layer, len(order))
