@@ -32,9 +32,9 @@ BARS: dict[tuple[str, str], dict] = {
     # measured 2026-11-30 (README): ACC 95.8 (none 98.6), ASR 0.0; the labeled half 0.14% poisoned;
     # rerun 2026-12-02: 96.4 (none 98.3) / 0.0
     ("badnets", "dbd"): {"acc_drop": 4, "asr": 5},
-    # clean digits (none 99.2): ACC 97.5, and 96.1 on the 2026-12-02 rerun of the same config (MixMatch
-    # on CPU threads is not bit-reproducible), so the bar is 4 points: over the 2-point goal
-    ("none", "dbd"): {"acc_drop": 4},
+    # clean digits (none 99.2): ACC 97.5; the 2026-12-02 rerun of the same config gave 96.1 (MixMatch on
+    # CPU threads is not bit-reproducible) and misses this bar by 0.06 points
+    ("none", "dbd"): {"acc_drop": 3},
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
     # D-ST and D-BR with the digits SD preset (dst/digits, dbr/digits; none 98.6): BadNets D-ST 92.8 / 0.0,
@@ -61,8 +61,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "spectral"): {"acc_drop": 2},
     # the ISPL paper's one-to-one scenario (none 99.2, TMR 100; experiment=proof/digits_dirty_label,
     # 2026-12-02): ISPL 98.9 / TMR 0.0, precision 87.5%. AC's verdict depends on the ICA's random start
-    # (98.3 / TMR 100 on this model; an earlier one 97.5 / 0.0), so only its ACC is bounded
-    ("dirty_label", "ac"): {"acc_drop": 3},
+    # (97.5 / TMR 0.0 on an earlier model; 98.3 / TMR 100 on the current one, which misses this bar)
+    ("dirty_label", "ac"): {"acc_drop": 3, "asr": 5},
     # Spectral on the last feature map, flattened (2026-12-02): 98.3 / TMR 0.0, all 14 removed
     ("dirty_label", "spectral"): {"acc_drop": 3, "asr": 5},
     ("dirty_label", "ispl"): {"acc_drop": 2, "asr": 5, "precision": 50},
