@@ -22,7 +22,10 @@ GroupNorm (`model_norm: group`, the default, overrides the run's `model.norm`, s
 beside the other defenses); with `model_norm: null` the run's model is used as configured and one
 with BatchNorm fails with a one-line ConfigError.
 The loop is plain PyTorch on `ctx.device` (fp32; the trainer's precision and memory format do not
-apply), one log line per epoch; it is not resumable.
+apply), one log line per epoch. It is resumable per epoch: the model, the optimizer and scheduler,
+the accountant's history and every random stream (Poisson draws, noise, augmentation) are saved
+after each epoch, so a rerun of an interrupted run continues where it stopped and ends with the
+weights and epsilon of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -79,10 +82,12 @@ def privacy_engine(
     *,
     accountant: str = "rdp",
     seed: int = 0,
+    generator: torch.Generator | None = None,
 ):
     """(engine, private model, DP optimizer, Poisson loader of sample indices): Opacus' DP-SGD
     over `n` samples at sampling rate `batch_size / n`. The loader yields `(index,)` batches; the
-    Poisson draws follow `seed`, the noise follows torch's global generator."""
+    Poisson draws follow `generator` (default: a new one seeded with `seed`), the noise follows
+    torch's global generator."""
     from opacus import PrivacyEngine
 
     with warnings.catch_warnings():
@@ -92,7 +97,7 @@ def privacy_engine(
         TensorDataset(torch.arange(n)),
         batch_size=batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator if generator is not None else torch.Generator().manual_seed(seed),
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*full backward hook.*")
@@ -171,6 +176,7 @@ class DPSGD(Defense):
         optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
         scheduler = configured["lr_scheduler"]["scheduler"] if isinstance(configured, dict) else None
         torch.manual_seed(ctx.seed)  # the noise draws
+        draws = torch.Generator().manual_seed(ctx.seed)  # the Poisson draws (Opacus samples with it)
         engine, private, optimizer, loader = privacy_engine(
             model,
             optimizer,
@@ -179,11 +185,25 @@ class DPSGD(Defense):
             self.noise_multiplier,
             self.max_grad_norm,
             accountant=self.accountant,
-            seed=ctx.seed,
+            generator=draws,
         )
         steps_per_epoch = ctx.stage_length(len(loader), "steps")
         x, y = train.x.to(device), train.y.to(device)
         generator = torch.Generator(device=device).manual_seed(ctx.seed)
+        state = ctx.stage_state("dpsgd")
+        saved = state.load(check=lambda s: s["epochs"] == epochs and s["epoch"] < epochs)
+        start, steps = 0, 0
+        if saved is not None:
+            private._module.load_state_dict(saved["model"])
+            optimizer.original_optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            engine.accountant.history = [tuple(h) for h in saved["history"]]
+            torch.set_rng_state(saved["noise_rng"])
+            draws.set_state(saved["draws_rng"])
+            generator.set_state(saved["augment_rng"])
+            start, steps = int(saved["epoch"]), int(saved["steps"])
+            log.info("dpsgd: resuming after epoch %d of %d (%d steps taken)", start, epochs, steps)
         log.info(
             "dpsgd: %d epochs of %d steps, sample rate %.4f, sigma %.3g, C %.3g",
             epochs,
@@ -192,9 +212,8 @@ class DPSGD(Defense):
             self.noise_multiplier,
             self.max_grad_norm,
         )
-        steps = 0
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")  # inputs need no grad
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             t0, total, correct, seen = time.perf_counter(), 0.0, 0, 0
             for step, (idx,) in enumerate(loader):
                 if step >= steps_per_epoch:
@@ -223,6 +242,22 @@ class DPSGD(Defense):
                 engine.get_epsilon(self.delta) if steps else 0.0,
                 time.perf_counter() - t0,
             )
+            if epoch + 1 < epochs:
+                state.save(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": epochs,
+                        "steps": steps,
+                        "model": private._module.state_dict(),
+                        "optimizer": optimizer.original_optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                        "history": [list(h) for h in engine.accountant.history],
+                        "noise_rng": torch.get_rng_state(),
+                        "draws_rng": draws.get_state(),
+                        "augment_rng": generator.get_state(),
+                    }
+                )
+        state.clear()
         epsilon = float(engine.get_epsilon(self.delta)) if steps else 0.0
         extra = {
             "epsilon": epsilon if math.isfinite(epsilon) else None,

@@ -130,3 +130,33 @@ def test_dpsgd_builds_a_groupnorm_model_whatever_the_runs_norm():
 def test_dpsgd_with_the_runs_model_fails_on_batchnorm():
     with pytest.raises(ConfigError, match="set defense.model_norm=group or model.norm=group"):
         DPSGD(epochs=1, batch_size=10, model_norm=None).run(context(tiny_set()))
+
+
+def test_an_interrupted_dpsgd_run_resumes_to_the_uninterrupted_weights_and_epsilon(monkeypatch):
+    from backdoor_bench.runner import StageState
+
+    optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"}
+    train = tiny_set()
+    defense = DPSGD(noise_multiplier=1.0, epochs=2, batch_size=10, optimizer=optimizer)
+    whole = defense.run(context(train, "model.norm=group"))
+
+    class Interrupted(Exception):
+        pass
+
+    save = StageState.save
+
+    def save_then_stop(self, obj):  # the process dies right after the first epoch's checkpoint
+        save(self, obj)
+        raise Interrupted
+
+    ctx = context(train, "model.norm=group")
+    monkeypatch.setattr(StageState, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        defense.run(ctx)
+    monkeypatch.setattr(StageState, "save", save)
+    resumed = defense.run(ctx)  # the same cache: continues after epoch 1
+    assert [r["stage"] for r in ctx._runner.resumed] == ["dpsgd"]
+    assert resumed.extra == whole.extra  # steps, epochs and epsilon of the whole run
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not list((ctx._runner.cache.root / "defense_stage").rglob("partial.ckpt"))  # cleared once done
