@@ -159,6 +159,11 @@ class DBD(Defense):
             extra.update(self._finetune(ctx, model, split, ctx.stage_length(self.warmup_epochs)))
             if "kept" not in state:  # resumed from a checkpoint of the finished stage: judge once now
                 split()
+        # the final labeled set's share of every given class (a class the split leaves unlabeled is
+        # learned only through MixMatch's guessed labels)
+        k = ctx.train.num_classes
+        labeled, total = (torch.bincount(y, minlength=k) for y in (ctx.train.y[state["kept"]], ctx.train.y))
+        extra["labeled_share_per_class"] = [round(float(v), 4) for v in labeled / total.clamp(min=1)]
         verdict = Verdict(kept=state["kept"], scores=state["scores"])
         return Outcome(model=model, verdict=verdict, extra=extra)
 

@@ -19,6 +19,7 @@ def test_dbd_runs_and_reports_its_labeled_set(run_cli):
     assert 0 <= d["kept_poison_rate"] <= 1 and d["tp"] + d["fn"] == r["data"]["n_poisoned"]
     assert {"train/ssl", "train/dbd_warmup", "train/dbd_mixmatch"} <= set(r["timing"])
     assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
+    shares = r["defense_extra"].pop("labeled_share_per_class")
     assert r["defense_extra"] == {
         "variant": "full",
         "loss": "sce",
@@ -26,6 +27,7 @@ def test_dbd_runs_and_reports_its_labeled_set(run_cli):
         "finetune_epochs": 2,
         "iterations": 2,
     }
+    assert len(shares) == 10 and all(0 <= s <= 1 for s in shares)  # the labeled share of every given class
     # a second defense on the same poisoned set reuses the SSL backbone
     again = run_cli("defense=dbd", "trainer=tiny", "defense.variant=ss_sce")
     assert "cache: reused ssl_backbone" in (again.out_dir / "run.log").read_text()
