@@ -61,7 +61,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "spectral"): {"acc_drop": 2},
     # the ISPL paper's one-to-one scenario (none 99.2, TMR 100; experiment=proof/digits_dirty_label,
     # 2026-12-02): ISPL 98.9 / TMR 0.0, precision 87.5%. AC's verdict depends on the ICA's random start
-    # (97.5 / TMR 0.0 on an earlier model; 98.3 / TMR 100 on the current one, which misses this bar)
+    # (97.5 / TMR 0.0 on an earlier model; 98.3 / TMR 100 on the current one, which misses this bar;
+    # seeds 1 / 2 / 3: 96.7 / 0.0, 96.1 / 0.0, 96.1 / 100, so it reaches this bar on 2 of 4 seeds)
     ("dirty_label", "ac"): {"acc_drop": 3, "asr": 5},
     # Spectral on the last feature map, flattened (2026-12-02): 98.3 / TMR 0.0, all 14 removed
     ("dirty_label", "spectral"): {"acc_drop": 3, "asr": 5},
