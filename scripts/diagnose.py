@@ -7,6 +7,7 @@ never lets the ground truth reach a defense; this script does, and says so in ev
     python scripts/diagnose.py defense=dbd/cpu attack=badnets --oracle none   # the defense as run.py runs it
     python scripts/diagnose.py defense=dbr/digits attack=badnets --sd-ranking   # FCT's ranking per tau
     python scripts/diagnose.py defense=ssl_knn attack=blended --ssl-embedding   # the SimCLR embedding's kNN
+    python scripts/diagnose.py defense=asd/cpu attack=badnets --asd-trace --out trace.jsonl   # ASD's pools
 
 `--sd-ranking` (D-ST, D-BR) trains the SD module's sensitivity model as configured and scores the
 training set with FCT under several tau (rotation range x draws; the configured translation),
@@ -20,6 +21,12 @@ majority is its own label (the kNN accuracy), how often a poisoned sample's is n
 (what the kNN cleanser can flag) and is its true one (what relabeling can restore), the share of
 poisoned samples among a poisoned sample's neighbours against a clean one's (does the trigger
 cluster?), and the per-class net outflow that ssl_knn's class gate reads.
+
+`--asd-trace` (ASD) runs the defense unchanged (as `--oracle none`, on the run's own cache, so it
+resumes per epoch like `run.py`) and scores every epoch's split against the truth after it is made:
+the pool's size and poisoned share, the share of all poison left labeled, and the AUROC of the
+ranking key (the loss; in the meta-split also the plain loss beside the loss reduction). The truth
+only reads the split; nothing the defense computes depends on it.
 
 `--oracle split` replaces the defense's sample split by the truth: DBD's labeled set = the samples
 the attack left alone; the SD module's (D-ST, D-BR) clean split = a random `clean_ratio` share of
@@ -47,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backdoor_bench import pipeline  # noqa: E402
-from backdoor_bench.defenses import dbd, sensitivity  # noqa: E402
+from backdoor_bench.defenses import asd, dbd, sensitivity  # noqa: E402
 from backdoor_bench.metrics import attack_metrics, detection_metrics  # noqa: E402
 from backdoor_bench.runner import Runner  # noqa: E402
 from backdoor_bench.training.fit import eval_device, predict  # noqa: E402
@@ -72,6 +79,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     ap.add_argument("--sd-ranking", action="store_true", help="score FCT's ranking per tau against the truth")
     ap.add_argument("--ssl-embedding", action="store_true", help="the SimCLR embedding's kNN agreement, per group")
+    ap.add_argument("--asd-trace", action="store_true", help="score every ASD epoch's pool against the truth")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
@@ -79,7 +87,9 @@ def main() -> None:
         cfg = compose("config", overrides=["logger=none", "trainer.progress_bar=false", *args.overrides])
     with open_dict(cfg):
         cfg.paths.root, cfg.paths.output_dir = str(ROOT), str(ROOT / "outputs" / "diagnose")
-        if args.oracle != "none" and not args.ssl_embedding:  # the backbone is trained without the truth
+        if args.oracle != "none" and not (
+            args.ssl_embedding or args.asd_trace
+        ):  # the backbone is trained without the truth
             cfg.paths.cache_dir = str(ROOT / "outputs" / "cache_oracle")
         else:
             cfg.paths.cache_dir = str(ROOT / "outputs" / "cache")
@@ -101,7 +111,9 @@ def main() -> None:
     if args.ssl_embedding:
         return ssl_embedding_check(ctx, truth, ps.y_true, args.out)
     patches = []
-    if args.oracle == "split":
+    if args.asd_trace:
+        patches = asd_trace_patches(defense, truth, args.out)
+    elif args.oracle == "split":
         if hasattr(defense, "sd"):  # D-ST, D-BR: the SD module's split
             groups = true_groups(truth, float(defense.sd["clean_ratio"]), cfg.seed)
             fake = lambda ctx_, sd: (truth.float(), groups)  # noqa: E731
@@ -123,8 +135,9 @@ def main() -> None:
     if outcome.verdict is not None:
         v = outcome.verdict
         det = detection_metrics(v.kept, v.labels, ps.train.y, truth, ps.y_true, v.trusted)
+    label = "none (asd-trace)" if args.asd_trace else args.oracle
     row = {
-        "oracle": args.oracle,
+        "oracle": label,
         "overrides": args.overrides,
         "acc": m["acc"],
         "asr": m["asr"],
@@ -134,12 +147,78 @@ def main() -> None:
         "timing": timings,
     }
     print(
-        f"ORACLE={args.oracle} {' '.join(args.overrides)}: ACC {100 * m['acc']:.1f} ASR "
+        f"ORACLE={label} {' '.join(args.overrides)}: ACC {100 * m['acc']:.1f} ASR "
         f"{100 * (m['asr'] or 0):.1f} ({row['seconds']}s)"
     )
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+
+
+def asd_trace_patches(defense, truth: torch.Tensor, out: str | None) -> list:
+    """Wrappers around ASD's pool choices that score each pool against the truth (read only)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not isinstance(defense, asd.ASD):
+        raise SystemExit(f"--asd-trace needs defense=asd (or a preset of it), not {defense.name}")
+    losses: list[torch.Tensor] = []
+    real_loss, real_aware, real_share = asd.per_sample_loss, asd.class_aware_pool, asd.lowest_share
+    real_stage_of = asd.stage_of
+    now: dict = {}  # the epoch (0-based) and stage of the split being made
+
+    def auroc(scores: torch.Tensor) -> float | None:
+        return float(roc_auc_score(truth.numpy(), scores.float().cpu().numpy())) if truth.any() else None
+
+    def record(pool: torch.Tensor, scores: torch.Tensor) -> None:
+        stage = now["stage"]
+        row = {
+            "epoch": now["epoch"] + 1,
+            "stage": stage,
+            "pool": int(pool.sum()),
+            "pool_poisoned": int((pool & truth).sum()),
+            "poison_left_labeled": float((pool & truth).sum() / max(int(truth.sum()), 1)),
+            "auroc_key": auroc(scores),
+        }
+        if stage == "meta" and len(losses) >= 2:
+            row["auroc_loss"] = auroc(losses[-2])  # the current model's loss, before the virtual epoch
+        row["pool_poisoned_share"] = row["pool_poisoned"] / max(row["pool"], 1)
+        print(
+            f"ASD TRACE vs THE TRUTH: split {row['epoch']} ({stage}): pool {row['pool']}, "
+            f"{row['pool_poisoned']} poisoned ({100 * row['pool_poisoned_share']:.1f}%), "
+            f"{100 * row['poison_left_labeled']:.1f}% of the poison labeled; AUROC of the key "
+            f"{row['auroc_key'] or float('nan'):.3f}"
+            + (f", of the plain loss {row['auroc_loss']:.3f}" if "auroc_loss" in row else ""),
+            flush=True,
+        )
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def stage_of(epoch, lengths):
+        now.update(epoch=int(epoch), stage=real_stage_of(epoch, lengths))
+        return now["stage"]
+
+    def loss(*a, **kw):
+        losses.append(real_loss(*a, **kw).cpu())
+        del losses[:-2]  # the model's loss and, in the meta-split, the virtual model's
+        return losses[-1]
+
+    def aware(loss_, y, seeds, per_class):
+        pool = real_aware(loss_, y, seeds, per_class)
+        record(pool, loss_)
+        return pool
+
+    def share(scores, eps):
+        pool = real_share(scores, eps)
+        record(pool, scores)
+        return pool
+
+    return [
+        mock.patch.object(asd, "stage_of", stage_of),
+        mock.patch.object(asd, "per_sample_loss", loss),
+        mock.patch.object(asd, "class_aware_pool", aware),
+        mock.patch.object(asd, "lowest_share", share),
+    ]
 
 
 def model_metrics(model, test, attack, device) -> dict:

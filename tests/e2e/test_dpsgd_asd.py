@@ -1,7 +1,12 @@
-"""DP-SGD and ASD end to end through run.py at trainer=tiny (one sweep), and DP-SGD's one-line
-error when told to keep the run's BatchNorm model."""
+"""DP-SGD and ASD end to end through run.py at trainer=tiny (one sweep), DP-SGD's one-line
+error when told to keep the run's BatchNorm model, and ASD's pools traced against the truth by
+scripts/diagnose.py (outside run.py)."""
 
 import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
 
 
 def test_dpsgd_and_asd_sweep_writes_results(run_cli):
@@ -40,3 +45,26 @@ def test_dpsgd_on_a_batchnorm_model_fails_with_one_line(run_cli):
         "(small_cnn, preact_resnet18, resnet18 and resnet32 have the option)"
     )
     assert "Traceback" not in p.stderr + p.stdout and not (p.out_dir / "results.json").exists()
+
+
+def test_diagnose_asd_trace_scores_every_epochs_pool(tmp_path):
+    """--asd-trace: one row per epoch's split, in stage order, whose last pool is the verdict."""
+    out = tmp_path / "trace.jsonl"
+    cmd = [sys.executable, "scripts/diagnose.py", "--asd-trace", "--out", str(out), "defense=asd", "trainer=tiny"]
+    subprocess.run([*cmd, "attack=badnets"], cwd=ROOT, check=True, timeout=600, capture_output=True)
+    *trace, final = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["epoch"], r["stage"]) for r in trace] == [
+        (1, "class_aware"),
+        (2, "class_aware"),
+        (3, "class_agnostic"),
+        (4, "class_agnostic"),
+        (5, "meta"),
+        (6, "meta"),
+    ]
+    n_seeds = final["extra"]["n_seeds"]
+    assert [r["pool"] for r in trace] == [n_seeds, n_seeds, 128, 128, 128, 128]
+    assert all(0 <= r["auroc_key"] <= 1 for r in trace) and all("auroc_loss" in r for r in trace[4:])
+    assert trace[0]["pool_poisoned"] == 0  # the seeds alone: untouched samples
+    d = final["detection"]
+    assert final["oracle"] == "none (asd-trace)" and trace[-1]["pool_poisoned"] == d["fn"]
+    assert trace[-1]["poison_left_labeled"] == d["fn"] / (d["tp"] + d["fn"])
