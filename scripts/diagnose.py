@@ -87,12 +87,10 @@ def main() -> None:
         cfg = compose("config", overrides=["logger=none", "trainer.progress_bar=false", *args.overrides])
     with open_dict(cfg):
         cfg.paths.root, cfg.paths.output_dir = str(ROOT), str(ROOT / "outputs" / "diagnose")
-        if args.oracle != "none" and not (
-            args.ssl_embedding or args.asd_trace
-        ):  # the backbone is trained without the truth
-            cfg.paths.cache_dir = str(ROOT / "outputs" / "cache_oracle")
-        else:
-            cfg.paths.cache_dir = str(ROOT / "outputs" / "cache")
+        # only a run the truth changes gets its own cache; the checks that merely read the truth
+        # (the SimCLR embedding, ASD's trace) reuse and resume the run's
+        truth_changes_it = args.oracle != "none" and not (args.ssl_embedding or args.asd_trace)
+        cfg.paths.cache_dir = str(ROOT / "outputs" / ("cache_oracle" if truth_changes_it else "cache"))
     OmegaConf.resolve(cfg)
     t0 = time.perf_counter()
     attack, defense = pipeline.validate(cfg)
@@ -170,18 +168,18 @@ def asd_trace_patches(defense, truth: torch.Tensor, out: str | None) -> list:
         return float(roc_auc_score(truth.numpy(), scores.float().cpu().numpy())) if truth.any() else None
 
     def record(pool: torch.Tensor, scores: torch.Tensor) -> None:
-        stage = now["stage"]
+        stage, size, hit = now["stage"], int(pool.sum()), int((pool & truth).sum())
         row = {
             "epoch": now["epoch"] + 1,
             "stage": stage,
-            "pool": int(pool.sum()),
-            "pool_poisoned": int((pool & truth).sum()),
-            "poison_left_labeled": float((pool & truth).sum() / max(int(truth.sum()), 1)),
+            "pool": size,
+            "pool_poisoned": hit,
+            "pool_poisoned_share": hit / max(size, 1),
+            "poison_left_labeled": hit / max(int(truth.sum()), 1),
             "auroc_key": auroc(scores),
         }
         if stage == "meta" and len(losses) >= 2:
             row["auroc_loss"] = auroc(losses[-2])  # the current model's loss, before the virtual epoch
-        row["pool_poisoned_share"] = row["pool_poisoned"] / max(row["pool"], 1)
         print(
             f"ASD TRACE vs THE TRUTH: split {row['epoch']} ({stage}): pool {row['pool']}, "
             f"{row['pool_poisoned']} poisoned ({100 * row['pool_poisoned_share']:.1f}%), "
