@@ -43,18 +43,19 @@ BARS: dict[tuple[str, str], dict] = {
     # class 3 wholly unlabeled), 96.9 / 0.3, 95.5 / 0.0 (none 98.3, 98.9, 98.9): median drop 3.4
     ("badnets", "dbd"): {"acc_drop": 4, "asr": 5},
     # clean digits (none 99.2): ACC 97.5, then 96.1 in the 2026-12-02 rerun and 96.1 in cl (MixMatch on
-    # CPU threads is not bit-reproducible): a 3.1-point cost, just past the 3-point goal
-    ("none", "dbd"): {"acc_drop": 4},
+    # CPU threads is not bit-reproducible): a 3.1-point cost, just past the 3-point goal, so
+    # DBD misses this bar (README: the hard half of every class loses its labels)
+    ("none", "dbd"): {"acc_drop": 3},
     # clean digits: ACC 99.4 (none 99.2)
     ("none", "ispl"): {"acc_drop": 2},
     # D-ST and D-BR with the digits SD preset (dst/digits, dbr/digits; none 98.6): BadNets D-ST 92.8 / 0.0,
     # the poisoned split 100% poisoned; Blended D-ST 96.7 / 0.0, 85.9%. D-BR with its per-class clean
     # split (2026-12-01): BadNets 98.6 / 3.7, split 98.6%; Blended 97.8 / 1.9, 87.3%. Rerun 2026-12-02:
     # D-ST BadNets 93.6 / 0.0, Blended 96.4 / 0.0; cl: 94.2 / 0.0 for both (none 98.3 / 98.6: Blended's
-    # drop 4.4), D-BR 98.6 / 6.5 and 97.8 / 0.6
+    # drop 4.4, which misses the Blended bar), D-BR 98.6 / 6.5 and 97.8 / 0.6
     ("badnets", "dst"): {"acc_drop": 8, "asr": 5, "precision": 90},
     ("badnets", "dbr"): {"acc_drop": 2, "asr": 10, "precision": 90},
-    ("blended", "dst"): {"acc_drop": 5, "asr": 5, "precision": 75},
+    ("blended", "dst"): {"acc_drop": 4, "asr": 5, "precision": 75},
     ("blended", "dbr"): {"acc_drop": 3, "asr": 5, "precision": 75},
     # clean digits: ACC 99.2 (none 99.2); the class gate opens no class (min_outflow 0.3)
     ("none", "ssl_knn"): {"acc_drop": 2},
