@@ -27,7 +27,7 @@ def test_cleanser_runs_end_to_end(run_cli, defense):
     else:
         extra = r["defense_extra"]
         assert extra["k"] == 50 and extra["embedding"] == "projector" and extra["embedding_dim"] == 128
-        assert extra["class_gate"] == "outflow" and extra["class_threshold"] == 3.5
+        assert extra["class_gate"] == "dominant" and extra["dominance"] == 2.0 and extra["min_outflow"] == 0.3
         assert set(extra["gate_opened"]) <= set(range(10))
         assert (p.out_dir / "score_histogram.png").stat().st_size > 1000
         # the backbone embedding on the same poisoned set reuses the cached SSL backbone

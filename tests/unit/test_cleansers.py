@@ -18,6 +18,7 @@ from backdoor_bench.defenses.flow_relabel import (
     mean_log_std,
 )
 from backdoor_bench.defenses.ssl_knn import (
+    dominant_class,
     knn_consistency,
     knn_indices,
     net_outflow,
@@ -229,6 +230,17 @@ def test_net_outflow_exact():
     assert not outlier_classes(clean, min_outflow=0.3).any()
     badnets = torch.tensor([0.502, -0.147, 0.009, -0.217, -0.221, -0.109, -0.238, -0.114, -0.143, 0.116])
     assert outlier_classes(badnets, min_outflow=0.3).nonzero().flatten().tolist() == [0]
+    # the dominant-class gate on the same vectors: clean shut by the floor (0.247 < 0.3, though
+    # 2.6 x the runner-up), BadNets open (0.502 = 4.3 x 0.116)
+    assert not dominant_class(clean).any()
+    assert dominant_class(badnets).nonzero().flatten().tolist() == [0]
+    assert dominant_class(clean, min_outflow=0.2).nonzero().flatten().tolist() == [9]
+    # a top class above the floor but under twice the runner-up stays shut; a runner-up at or
+    # below zero always passes the ratio
+    assert not dominant_class(torch.tensor([0.1, 0.45, 0.3])).any()
+    assert dominant_class(torch.tensor([0.1, 0.45, 0.3]), dominance=1.4).tolist() == [False, True, False]
+    assert dominant_class(torch.tensor([-0.2, 0.31, -0.1])).tolist() == [False, True, False]
+    assert dominant_class(torch.tensor([0.3, 0.3, -0.1]), dominance=1.0).sum() == 1  # one class at most
 
 
 def _knn_world(poison: int, seed: int = 0):
@@ -253,10 +265,16 @@ def test_ssl_knn_gate_cleanses_only_the_target_class():
         # 20 poisoned of the target's 80 samples: A = 0.21, so the floor is lowered to 0.2; three of
         # the ten toy classes have A = 0 exactly, which makes the MAD small and the target's anomaly
         # index 2.87 (medians of an even count average the middle two): the threshold is lowered too
-        out = SSLKNN(k=10, min_outflow=0.2, class_threshold=2.5).run(knn_ctx(h, given))
+        zgate = SSLKNN(k=10, class_gate="outflow", min_outflow=0.2, class_threshold=2.5).run(knn_ctx(h, given))
+        assert zgate.extra["gate_opened"] == expect
+        assert zgate.extra["class_gate"] == "outflow" and zgate.extra["class_threshold"] == 2.5
+        assert zgate.extra["min_outflow"] == 0.2 and zgate.extra["dominance"] is None
+        # the default gate (dominant) at the same floor opens the same class
+        out = SSLKNN(k=10, min_outflow=0.2).run(knn_ctx(h, given))
         assert out.extra["gate_opened"] == expect
-        assert out.extra["class_gate"] == "outflow" and out.extra["class_threshold"] == 2.5
-        assert out.extra["min_outflow"] == 0.2
+        assert out.extra["class_gate"] == "dominant" and out.extra["dominance"] == 2.0
+        assert out.extra["class_threshold"] is None
+        assert (out.verdict.kept == zgate.verdict.kept).all() and (out.verdict.labels == zgate.verdict.labels).all()
         if poison:  # at the default floor (0.3) this light poisoning is left alone
             assert SSLKNN(k=10).run(knn_ctx(h, given)).extra["gate_opened"] == []
         assert out.extra["embedding"] == "projector" and out.extra["embedding_dim"] == 10
