@@ -13,7 +13,7 @@ A sweep run in parts (one attack at a time, say) is checked by listing its direc
 by the path separator (`:` on Linux); where two hold the same (attack, defense, seed), the later
 wins. Where the sweeps hold several seeds of a method (`experiment=proof/digits_seeds` adds seeds 1-2 of
 DBD, ssl_knn and flow_relabel against BadNets and Blended, `proof/digits_dirty_label_seeds` seeds
-1-3 of the dirty-label scenario's quick cleansers), each metric is the median over them, and no
+1-3 of Spectral, AC and ISPL on the dirty-label scenario), each metric is the median over them, and no
 defense's ACC that the method is compared with is the median over the same seeds.
 """
 
