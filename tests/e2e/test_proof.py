@@ -61,7 +61,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("none", "ssl_knn"): {"acc_drop": 2},
     # ACC 98.9, ASR 0.3, precision 97.8%. cl: its class gate stays shut on seed 0 (the target's
     # modified z-score 3.35 < 3.5; nothing flagged, 98.3 / 100) and opens on seeds 1 / 2 (98.9 / 0.0,
-    # 99.2 / 0.3, precision 98.6%, 98.5%)
+    # 99.2 / 0.3, precision 98.6%, 98.5%). With the dominant-class gate (2026-12-02 rerun) seeds
+    # 0 / 1 / 2: 99.2 / 0.3, 99.2 / 0.0, 99.2 / 0.6 (none 98.3, 98.9, 98.9)
     ("badnets", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
     # ACC 98.9, ASR 0.3, precision 60.3% (the paper's split drops the middle 70% of a flagged class)
     ("badnets", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
@@ -69,7 +70,8 @@ BARS: dict[tuple[str, str], dict] = {
     ("blended", "dbd"): {"acc_drop": 4, "asr": 5},
     ("blended", "flow_relabel"): {"acc_drop": 2, "asr": 5, "precision": 50},
     # Blended ssl_knn under the min_outflow floor: 98.9 / 0.3, precision 94.4%, only class 0 opened.
-    # cl seeds 0 / 1 / 2: 98.6 / 100 (gate shut, z 2.71), 98.9 / 0.3, 99.2 / 0.6
+    # cl seeds 0 / 1 / 2: 98.6 / 100 (gate shut, z 2.71), 98.9 / 0.3, 99.2 / 0.6. Dominant-class gate:
+    # 98.9 / 0.3, 98.9 / 0.0, 99.4 / 0.6 (the target's outflow 2.1-3.1 x the runner-up's)
     ("blended", "ssl_knn"): {"acc_drop": 2, "asr": 5, "precision": 90},
     # clean digits (none 99.2): flow_relabel 99.2, ITLM 98.6, Spectral 98.1 (each within the 2 points)
     ("none", "flow_relabel"): {"acc_drop": 2},
@@ -80,10 +82,13 @@ BARS: dict[tuple[str, str], dict] = {
     # (97.5 / TMR 0.0 on an earlier model; 98.3 / TMR 100 on the current one, which misses this bar;
     # seeds 1 / 2 / 3: 96.7 / 0.0, 96.1 / 0.0, 96.1 / 100, so it reaches this bar on 2 of 4 seeds).
     # cl seeds 0-3 (proof/digits_dirty_label_seeds): TMR 7.9, 0.0, 0.0, 100 (12, 14, 14, 0 of the 14
-    # removed); median 3.9, ACC median 96.7 (none 99.1)
+    # removed); median 3.9, ACC median 96.7 (none 99.1). 2026-12-02 rerun: TMR 42.1, 0.0, 0.0, 100,
+    # median 21.1: this bar fails on it
     ("dirty_label", "ac"): {"acc_drop": 3, "asr": 5},
     # Spectral on the last feature map, flattened (2026-12-02): 98.3 / TMR 0.0, all 14 removed
     ("dirty_label", "spectral"): {"acc_drop": 3, "asr": 5},
+    # ISPL: 2026-12-02 rerun, seeds 0 / 1 / 2: TMR 100, 94.7, 100 (self-training re-admits what the
+    # vote set aside), so this bar now fails: the timed sweep's TMR 0.0 was one draw
     ("dirty_label", "ispl"): {"acc_drop": 2, "asr": 5, "precision": 50},
 }
 
